@@ -1,0 +1,1 @@
+"""Built-in sparsification methods, one module each; registered on import."""

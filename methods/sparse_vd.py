@@ -1,0 +1,226 @@
+"""Sparse Variational Dropout (Molchanov, Ashukha, Vetrov, ICML 2017, arXiv 1701.05369).
+
+Rule: every weight gets a Gaussian posterior N(theta, sigma^2) with its own dropout rate
+alpha = sigma^2 / theta^2, learned under a log-uniform prior; a weight whose log alpha reaches 3
+is removed. Specified in docs/methods.md sections 1-2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from sparsebench.config import option
+from sparsebench.kl import kl_warmup, sparse_vd_kl_sum
+from sparsebench.method import SparsityMethod, StepContext
+from sparsebench.registry import register_method
+from sparsebench.surgery import modules_of_type, replace_modules
+
+LOG_ALPHA_MIN, LOG_ALPHA_MAX = -8.0, 8.0
+EPS_THETA = 1e-8
+
+
+@dataclass
+class SparseVDConfig:
+    threshold: float = option(3.0, "prune weights with log alpha >= threshold")
+    init_log_sigma2: float = option(-10.0, "initial log sigma^2 (ars: -10 from scratch, -15 for VGG pretrained)")
+    kl_warmup_start: int = option(5, "epochs with KL weight 0 before the warm-up ramp")
+    kl_warmup_epochs: int = option(15, "epochs of the linear KL warm-up ramp (0 = jump to 1)")
+    kl_weight: float = option(1.0, "extra multiplier of KL/N (1 = the ELBO)")
+    train_mask: bool = option(True, "zero weights above the threshold in the training forward too (ars LeNets)")
+    variance_from: Literal["clamped_alpha", "sigma2"] = option(
+        "clamped_alpha", "training variance from clamped alpha * theta^2 (ars) or from exp(log sigma^2)"
+    )
+    eps0: float = option(1e-8, "floor added to the pre-activation variance inside the square root")
+
+
+class _SparseVDMixin:
+    """Weight-side computations shared by the Linear and Conv2d layers."""
+
+    weight: nn.Parameter
+    log_sigma2: nn.Parameter
+
+    def _init_variational(self, cfg: SparseVDConfig) -> None:
+        self.cfg = cfg
+        self.log_sigma2 = nn.Parameter(torch.full_like(self.weight, cfg.init_log_sigma2))
+        self._cache: tuple[tuple[int, int], torch.Tensor] | None = None
+
+    def log_alpha(self) -> torch.Tensor:
+        """Clamped log alpha of every weight."""
+        return torch.clamp(
+            self.log_sigma2 - torch.log(self.weight * self.weight + EPS_THETA), LOG_ALPHA_MIN, LOG_ALPHA_MAX
+        )
+
+    def keep_mask(self) -> torch.Tensor:
+        with torch.no_grad():
+            return self.log_alpha() < self.cfg.threshold
+
+    def kl(self) -> torch.Tensor:
+        """KL of this layer; reuses the log alpha of the training forward that preceded it.
+
+        The forward pass and the KL both need log alpha; computing it once per step saves a full
+        set of element-wise passes over every weight. The cache is used at most once and only
+        while neither parameter has been updated, so it can never be stale.
+        """
+        cached, self._cache = self._cache, None
+        if cached is not None and cached[0] == (self.weight._version, self.log_sigma2._version):
+            return sparse_vd_kl_sum(cached[1])
+        return sparse_vd_kl_sum(self.log_alpha())
+
+    def _train_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean weight, per-weight variance) for the local reparameterisation."""
+        la = self.log_alpha()
+        self._cache = ((self.weight._version, self.log_sigma2._version), la)
+        theta = self.weight
+        if self.cfg.train_mask:
+            theta = theta * (la < self.cfg.threshold)
+        if self.cfg.variance_from == "sigma2":
+            var = torch.exp(self.log_sigma2)
+            if self.cfg.train_mask:
+                var = var * (la < self.cfg.threshold)
+        else:
+            var = torch.exp(la) * theta * theta
+        return theta, var
+
+    def _eval_weight(self) -> torch.Tensor:
+        return self.weight * self.keep_mask()
+
+
+class LinearSVD(nn.Linear, _SparseVDMixin):
+    """nn.Linear with a per-weight Gaussian posterior, trained with the LRT."""
+
+    @classmethod
+    def from_dense(cls, layer: nn.Linear, cfg: SparseVDConfig) -> LinearSVD:
+        new = cls(layer.in_features, layer.out_features, bias=layer.bias is not None)
+        new.to(layer.weight.device, layer.weight.dtype)
+        with torch.no_grad():
+            new.weight.copy_(layer.weight)
+            if layer.bias is not None:
+                new.bias.copy_(layer.bias)
+        new._init_variational(cfg)
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return F.linear(x, self._eval_weight(), self.bias)
+        theta, var = self._train_weights()
+        mean = F.linear(x, theta, self.bias)
+        std = torch.sqrt(F.linear(x * x, var) + self.cfg.eps0)
+        return torch.addcmul(mean, std, torch.randn_like(mean))
+
+    def to_dense(self) -> nn.Linear:
+        out = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
+        out.to(self.weight.device, self.weight.dtype)
+        with torch.no_grad():
+            out.weight.copy_(self._eval_weight())
+            if self.bias is not None:
+                out.bias.copy_(self.bias)
+        return out
+
+
+class Conv2dSVD(nn.Conv2d, _SparseVDMixin):
+    """nn.Conv2d with a per-weight Gaussian posterior; noise per example, channel and position."""
+
+    @classmethod
+    def from_dense(cls, layer: nn.Conv2d, cfg: SparseVDConfig) -> Conv2dSVD:
+        new = cls(
+            layer.in_channels,
+            layer.out_channels,
+            layer.kernel_size,
+            stride=layer.stride,
+            padding=layer.padding,
+            dilation=layer.dilation,
+            groups=layer.groups,
+            bias=layer.bias is not None,
+            padding_mode=layer.padding_mode,
+        )
+        new.to(layer.weight.device, layer.weight.dtype)
+        with torch.no_grad():
+            new.weight.copy_(layer.weight)
+            if layer.bias is not None:
+                new.bias.copy_(layer.bias)
+        new._init_variational(cfg)
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return self._conv_forward(x, self._eval_weight(), self.bias)
+        theta, var = self._train_weights()
+        mean = self._conv_forward(x, theta, self.bias)
+        std = torch.sqrt(self._conv_forward(x * x, var, None) + self.cfg.eps0)
+        return torch.addcmul(mean, std, torch.randn_like(mean))
+
+    def to_dense(self) -> nn.Conv2d:
+        out = nn.Conv2d(
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            groups=self.groups,
+            bias=self.bias is not None,
+            padding_mode=self.padding_mode,
+        )
+        out.to(self.weight.device, self.weight.dtype)
+        with torch.no_grad():
+            out.weight.copy_(self._eval_weight())
+            if self.bias is not None:
+                out.bias.copy_(self.bias)
+        return out
+
+
+SVD_LAYERS = (LinearSVD, Conv2dSVD)
+
+
+@register_method("sparse_vd")
+class SparseVD(SparsityMethod):
+    description = "Sparse Variational Dropout: per-weight learned dropout rates, prune log alpha >= 3"
+    paper = "Molchanov, Ashukha, Vetrov. Variational Dropout Sparsifies Deep Neural Networks. ICML 2017"
+    Config = SparseVDConfig
+
+    def convert(self, model: nn.Module) -> nn.Module:
+        def swap(path: str, m: nn.Module) -> nn.Module | None:
+            if isinstance(m, SVD_LAYERS):
+                return None
+            if isinstance(m, nn.Linear):
+                return LinearSVD.from_dense(m, self.config)
+            if isinstance(m, nn.Conv2d):
+                return Conv2dSVD.from_dense(m, self.config)
+            return None
+
+        return replace_modules(model, swap)
+
+    def kl(self, model: nn.Module) -> torch.Tensor:
+        return sum(m.kl() for m in modules_of_type(model, SVD_LAYERS).values())  # type: ignore[return-value]
+
+    def regularizer(self, model: nn.Module, ctx: StepContext) -> torch.Tensor | None:
+        beta = kl_warmup(ctx.epoch, self.config.kl_warmup_start, self.config.kl_warmup_epochs)
+        if beta == 0.0:
+            return None
+        return (beta * self.config.kl_weight / ctx.num_train) * self.kl(model)
+
+    def epoch_metrics(self, model: nn.Module) -> dict[str, float]:
+        with torch.no_grad():
+            layers = modules_of_type(model, SVD_LAYERS)
+            log_alphas = torch.cat([m.log_alpha().flatten() for m in layers.values()])
+            return {"kl": float(self.kl(model)), "mean_log_alpha": float(log_alphas.mean())}
+
+    def masks(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        return {path: m.keep_mask() for path, m in modules_of_type(model, SVD_LAYERS).items()}
+
+    def export(self, model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
+        import copy
+
+        exported = copy.deepcopy(model)
+        return replace_modules(exported, lambda path, m: m.to_dense() if isinstance(m, SVD_LAYERS) else None)
+
+    def search_space(self, trial: Any) -> dict[str, Any]:
+        return {
+            "method.kl_weight": trial.suggest_float("method.kl_weight", 0.1, 10.0, log=True),
+            "method.threshold": trial.suggest_float("method.threshold", 1.0, 4.0),
+        }

@@ -1,0 +1,37 @@
+"""``sparsebench`` command line: one module per subcommand, heavy imports deferred to the command."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from sparsebench.errors import SparsebenchError
+
+SUBCOMMANDS = ("run", "list", "data")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sparsebench",
+        description="Train, tune and compare neural-network sparsification methods.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  sparsebench run --method sparsevd --task lenet5\n  sparsebench list methods --verbose",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"sparsebench.cli.{name}_cmd").add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except SparsebenchError as exc:
+        print(f"sparsebench: error: {exc}", file=sys.stderr)
+        return 2

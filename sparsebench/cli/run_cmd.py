@@ -1,0 +1,84 @@
+"""``sparsebench run``: train one method on one task and print its paper-format row."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+EXAMPLES = """examples:
+  sparsebench run --method sparsevd --task lenet300_100
+  sparsebench run --method sparse_vd --task lenet5 --set train.epochs=50 --device cuda
+  sparsebench run --method dense --task lenet5 --set train.epochs=20
+  sparsebench run --method sparse_vd --task lenet5 --init-from <dense run id>
+  sparsebench run --resume <run id>
+"""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run",
+        help="train one method on one task",
+        description="Train one method on one task, log it to MLflow and print its paper-format row.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--method", help="method name (see `sparsebench list methods`)")
+    p.add_argument("--task", help="task name (see `sparsebench list tasks`)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. train.epochs=20 or method.threshold=2.5 (repeatable)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
+    p.add_argument("--data-dir", help="dataset root (default: $SPARSEBENCH_DATA, else ~/.cache/sparsebench/data)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite under ./mlruns)")
+    p.add_argument("--experiment", default="sparsebench", help="MLflow experiment name")
+    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--init-from", metavar="RUN", help="initialise from the exported model of an earlier run")
+    p.add_argument("--stop-after", type=int, metavar="EPOCHS", help="stop resumably after this many epochs")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    from sparsebench.config import parse_assignment
+    from sparsebench.errors import ConfigError
+    from sparsebench.runner import RunRequest, train
+
+    if not args.resume and not (args.method and args.task):
+        raise ConfigError("run needs --method and --task (or --resume RUN); see `sparsebench list`")
+    overrides = dict(parse_assignment(text) for text in args.overrides)
+    if args.resume and overrides:
+        raise ConfigError("--set cannot change a resumed run; start a new run instead")
+    result = train(
+        RunRequest(
+            task=args.task or "",
+            method=args.method or "",
+            overrides=overrides,
+            device=args.device,
+            data_dir=args.data_dir,
+            tracking_uri=args.tracking_uri,
+            experiment=args.experiment,
+            resume=args.resume,
+            init_from=args.init_from,
+            stop_after=args.stop_after,
+            progress=not args.no_progress,
+        )
+    )
+    if result.status != "FINISHED":
+        return 130 if result.status == "KILLED" else 0
+    if args.json:
+        print(json.dumps({"run_id": result.run_id, "row": result.row, "val_metric": result.val_metric,
+                          "test_metric": result.test_metric, **result.summary}))
+    else:
+        cols = ["layer", "shape", "weights", "nonzeros", "sparsity", "out_units_removed", "in_units_removed"]
+        print(result.table[cols].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+        print(result.row)
+    print(f"MLflow run {result.run_id}; open it with: mlflow ui --backend-store-uri "
+          f"{args.tracking_uri or _default_uri()}", file=sys.stderr)
+    return 0
+
+
+def _default_uri() -> str:
+    from sparsebench.tracking import default_tracking_uri
+
+    return default_tracking_uri()

@@ -1,0 +1,158 @@
+"""Typed, flat, printable run configuration and strict ``--set key=value`` overrides.
+
+Each config is a dataclass whose fields carry a ``help`` string in their metadata; the whole
+run is one record of three sections (``task``, ``method``, ``train``) that flattens to
+``section.field`` keys, the same keys used for overrides, MLflow params and sweep spaces.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import yaml
+
+from sparsebench.errors import ConfigError
+
+
+def option(default: Any, help: str, **kwargs: Any) -> Any:  # noqa: A002 - mirrors argparse
+    """A dataclass field with a help string (shown by ``sparsebench list --verbose``)."""
+    if isinstance(default, (list, dict, set)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kwargs)
+    return field(default=default, metadata={"help": help}, **kwargs)
+
+
+@dataclass
+class TrainConfig:
+    """The training recipe; each task supplies its paper's defaults."""
+
+    epochs: int = option(200, "passes over the training split")
+    batch_size: int = option(100, "examples per optimiser step")
+    optimizer: Literal["adam", "sgd"] = option("adam", "optimiser")
+    lr: float = option(1e-3, "base learning rate")
+    lr_schedule: Literal["constant", "linear", "linear_to0", "inv", "step"] = option(
+        "constant",
+        "constant; linear = constant for the first half then linearly to 0 (ars lr_linear); "
+        "linear_to0 = linearly to 0 over all epochs; inv = Caffe's lr*(1+1e-4*it)^-0.75; "
+        "step = multiply by lr_decay every lr_step epochs",
+    )
+    lr_decay: float = option(0.5, "factor of the step schedule")
+    lr_step: int = option(25, "epochs between decays of the step schedule")
+    momentum: float = option(0.9, "SGD momentum (Adam beta1 stays 0.9)")
+    weight_decay: float = option(0.0, "L2 penalty applied by the optimiser")
+    grad_clip: float = option(0.0, "clip the global gradient norm to this value (0 = off)")
+    seed: int = option(0, "seed of initialisation, noise and batch order")
+    val_size: int = option(5000, "training examples held out for per-epoch validation (fixed split)")
+    eval_batch_size: int = option(2000, "examples per evaluation batch")
+    threads: int = option(0, "CPU threads for torch (0 = torch's default)")
+
+
+def fields_of(config: Any) -> list[dataclasses.Field]:
+    return list(dataclasses.fields(config))
+
+
+def field_help(f: dataclasses.Field) -> str:
+    return f.metadata.get("help", "")
+
+
+def flatten(sections: dict[str, Any]) -> dict[str, Any]:
+    """``{"train": TrainConfig(...)}`` -> ``{"train.epochs": 200, ...}`` with plain values."""
+    flat: dict[str, Any] = {}
+    for prefix, config in sections.items():
+        for f in dataclasses.fields(config):
+            value = getattr(config, f.name)
+            flat[f"{prefix}.{f.name}"] = list(value) if isinstance(value, tuple) else value
+    return flat
+
+
+def parse_assignment(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise ConfigError(f"--set expects key=value (e.g. train.epochs=20), got {text!r}")
+    key, value = text.split("=", 1)
+    return key.strip(), value.strip()
+
+
+def apply_overrides(sections: dict[str, Any], overrides: dict[str, Any]) -> None:
+    """Set ``section.field`` values in place, converting strings and checking types strictly."""
+    for key, raw in overrides.items():
+        section, _, name = key.partition(".")
+        if section not in sections or not name:
+            raise ConfigError(
+                f"unknown config key {key!r}: keys look like "
+                f"{', '.join(s + '.<field>' for s in sections)}; see `sparsebench list --verbose`"
+            )
+        config = sections[section]
+        names = {f.name: f for f in dataclasses.fields(config)}
+        if name not in names:
+            raise ConfigError(
+                f"unknown config key {key!r}; {section} fields are: {', '.join(names)}"
+            )
+        hints = typing.get_type_hints(type(config))
+        setattr(config, name, coerce(key, raw, hints[name]))
+
+
+def coerce(key: str, raw: Any, annotation: Any) -> Any:
+    """Convert a command-line string (or YAML value) to the field's declared type, or fail."""
+    value = yaml.safe_load(raw) if isinstance(raw, str) else raw
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key} must be one of {', '.join(map(str, args))}, got {raw!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return coerce(key, value, arg)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {raw!r}")
+    if origin in (tuple, list):
+        if isinstance(value, (int, float, str)):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list like [1, 2], got {raw!r}")
+        item_type = args[0] if args else Any
+        items = [coerce(key, v, item_type) for v in value]
+        return tuple(items) if origin is tuple else items
+    if annotation is Any:
+        return value
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be true or false, got {raw!r}")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be an integer, got {raw!r}")
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key} must be a number, got {raw!r}")
+    if annotation is str:
+        return str(value)
+    if isinstance(value, annotation):
+        return value
+    raise ConfigError(f"{key} must be of type {annotation}, got {raw!r}")
+
+
+def describe(config_cls: type) -> list[tuple[str, str, str]]:
+    """(name, default, help) rows for listing a config class."""
+    rows = []
+    for f in dataclasses.fields(config_cls):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[misc]
+        else:
+            default = "(required)"
+        rows.append((f.name, repr(default), field_help(f)))
+    return rows

@@ -1,0 +1,128 @@
+"""MLflow logging for runs: params, per-epoch curves, final metrics, tables and the exported model.
+
+Talks to MLflow through ``MlflowClient`` with explicit run ids (no fluent global state), so a
+sweep can log many nested runs from one process and a resumed run re-opens its own record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+DEFAULT_STORE = Path("mlruns")
+EXPERIMENT = "sparsebench"
+
+
+def default_tracking_uri() -> str:
+    """An sqlite file under ./mlruns/ (``mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db``)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_STORE.absolute() / 'mlflow.db'}"
+
+
+def _quiet_mlflow() -> None:
+    import logging
+
+    import mlflow  # noqa: F401 - mlflow configures its loggers on import; quiet them afterwards
+
+    for name in ("mlflow", "alembic", "sqlalchemy"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+class Tracker:
+    """One MLflow run."""
+
+    def __init__(self, client: Any, run_id: str) -> None:
+        self.client = client
+        self.run_id = run_id
+
+    @classmethod
+    def open(cls, tracking_uri: str | None, experiment: str, run_id: str | None = None,
+             tags: dict[str, str] | None = None, run_name: str | None = None,
+             parent_run_id: str | None = None) -> Tracker:
+        """Start a new run (or re-open ``run_id``) in ``experiment``."""
+        client = make_client(tracking_uri)
+        if run_id is not None:
+            client.update_run(run_id, status="RUNNING")
+            return cls(client, run_id)
+        experiment_id = ensure_experiment(client, experiment, tracking_uri)
+        all_tags = dict(tags or {})
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        run = client.create_run(experiment_id, tags=all_tags, run_name=run_name)
+        return cls(client, run.info.run_id)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        if items:
+            self.client.log_batch(self.run_id, metrics=items)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_text(self, text: str, name: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            path.write_text(text)
+            self.log_artifact(path)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status=status)
+
+
+def make_client(tracking_uri: str | None) -> Any:
+    _quiet_mlflow()
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri or default_tracking_uri()
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=uri)
+
+
+def ensure_experiment(client: Any, name: str, tracking_uri: str | None) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    uri = tracking_uri or default_tracking_uri()
+    artifact_location = None
+    if uri.startswith("sqlite:///"):
+        # Keep artifacts beside the database, not in whatever directory the user ran from.
+        artifact_location = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").absolute().as_uri()
+    return client.create_experiment(name, artifact_location=artifact_location)
+
+
+def environment() -> dict[str, str]:
+    import torch
+
+    import sparsebench
+
+    env = {
+        "env.sparsebench": sparsebench.__version__,
+        "env.torch": torch.__version__,
+        "env.python": platform.python_version(),
+        "env.platform": platform.platform(),
+        "env.cpu_count": str(os.cpu_count()),
+        "env.cuda": str(torch.version.cuda),
+    }
+    if torch.cuda.is_available():
+        env["env.gpu"] = torch.cuda.get_device_name(0)
+    return env
