@@ -7,6 +7,8 @@ is removed. Specified in docs/methods.md sections 1-2.
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -55,9 +57,9 @@ class _SparseVDMixin:
             self.log_sigma2 - torch.log(self.weight * self.weight + EPS_THETA), LOG_ALPHA_MIN, LOG_ALPHA_MAX
         )
 
-    def keep_mask(self) -> torch.Tensor:
+    def keep_mask(self, threshold: float | None = None) -> torch.Tensor:
         with torch.no_grad():
-            return self.log_alpha() < self.cfg.threshold
+            return self.log_alpha() < (self.cfg.threshold if threshold is None else threshold)
 
     def kl(self) -> torch.Tensor:
         """KL of this layer; reuses the log alpha of the training forward that preceded it.
@@ -112,11 +114,11 @@ class LinearSVD(nn.Linear, _SparseVDMixin):
         std = torch.sqrt(F.linear(x * x, var) + self.cfg.eps0)
         return torch.addcmul(mean, std, torch.randn_like(mean))
 
-    def to_dense(self) -> nn.Linear:
+    def to_dense(self, mask: torch.Tensor) -> nn.Linear:
         out = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
         out.to(self.weight.device, self.weight.dtype)
         with torch.no_grad():
-            out.weight.copy_(self._eval_weight())
+            out.weight.copy_(self.weight * mask)
             if self.bias is not None:
                 out.bias.copy_(self.bias)
         return out
@@ -154,7 +156,7 @@ class Conv2dSVD(nn.Conv2d, _SparseVDMixin):
         std = torch.sqrt(self._conv_forward(x * x, var, None) + self.cfg.eps0)
         return torch.addcmul(mean, std, torch.randn_like(mean))
 
-    def to_dense(self) -> nn.Conv2d:
+    def to_dense(self, mask: torch.Tensor) -> nn.Conv2d:
         out = nn.Conv2d(
             self.in_channels,
             self.out_channels,
@@ -168,7 +170,7 @@ class Conv2dSVD(nn.Conv2d, _SparseVDMixin):
         )
         out.to(self.weight.device, self.weight.dtype)
         with torch.no_grad():
-            out.weight.copy_(self._eval_weight())
+            out.weight.copy_(self.weight * mask)
             if self.bias is not None:
                 out.bias.copy_(self.bias)
         return out
@@ -211,13 +213,19 @@ class SparseVD(SparsityMethod):
             return {"kl": float(self.kl(model)), "mean_log_alpha": float(log_alphas.mean())}
 
     def masks(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        return {path: m.keep_mask() for path, m in modules_of_type(model, SVD_LAYERS).items()}
+        return self.masks_at(model, self.config.threshold)
+
+    def curve_thresholds(self) -> Sequence[float]:
+        return tuple(x / 2 for x in range(-8, 17))  # log alpha from -4 to 8 in steps of 0.5
+
+    def masks_at(self, model: nn.Module, threshold: float) -> dict[str, torch.Tensor]:
+        return {path: m.keep_mask(threshold) for path, m in modules_of_type(model, SVD_LAYERS).items()}
 
     def export(self, model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
-        import copy
-
         exported = copy.deepcopy(model)
-        return replace_modules(exported, lambda path, m: m.to_dense() if isinstance(m, SVD_LAYERS) else None)
+        return replace_modules(
+            exported, lambda path, m: m.to_dense(masks[path]) if isinstance(m, SVD_LAYERS) else None
+        )
 
     def search_space(self, trial: Any) -> dict[str, Any]:
         return {

@@ -33,14 +33,15 @@ class TrainConfig:
     batch_size: int = option(100, "examples per optimiser step")
     optimizer: Literal["adam", "sgd"] = option("adam", "optimiser")
     lr: float = option(1e-3, "base learning rate")
-    lr_schedule: Literal["constant", "linear", "linear_to0", "inv", "step"] = option(
+    lr_schedule: Literal["constant", "linear", "linear_to0", "inv", "step", "exponential_after"] = option(
         "constant",
         "constant; linear = constant for the first half then linearly to 0 (ars lr_linear); "
         "linear_to0 = linearly to 0 over all epochs; inv = Caffe's lr*(1+1e-4*it)^-0.75; "
-        "step = multiply by lr_decay every lr_step epochs",
+        "step = multiply by lr_decay every lr_step epochs; exponential_after = constant for "
+        "lr_step epochs, then multiply by lr_decay every epoch (Zaremba)",
     )
-    lr_decay: float = option(0.5, "factor of the step schedule")
-    lr_step: int = option(25, "epochs between decays of the step schedule")
+    lr_decay: float = option(0.5, "factor of the step and exponential_after schedules")
+    lr_step: int = option(25, "epochs per step (step) or epochs before decay starts (exponential_after)")
     momentum: float = option(0.9, "SGD momentum (Adam beta1 stays 0.9)")
     weight_decay: float = option(0.0, "L2 penalty applied by the optimiser")
     grad_clip: float = option(0.0, "clip the global gradient norm to this value (0 = off)")

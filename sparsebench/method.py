@@ -10,10 +10,13 @@ from __future__ import annotations
 import copy
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
+
+from sparsebench.config import TrainConfig
 
 
 @dataclass
@@ -58,6 +61,10 @@ class SparsityMethod(ABC):
     def __init__(self, config: Any | None = None) -> None:
         self.config = config if config is not None else self.Config()
 
+    def adjust_recipe(self, task: str, recipe: TrainConfig) -> TrainConfig:
+        """Change the task's default recipe where this method needs another (e.g. more epochs)."""
+        return recipe
+
     def convert(self, model: nn.Module) -> nn.Module:
         """Swap standard layers for the method's own (Bayesian, noisy ...). Default: unchanged."""
         return model
@@ -73,9 +80,25 @@ class SparsityMethod(ABC):
         """Method-specific numbers worth a curve (e.g. the KL); logged every epoch."""
         return {}
 
+    def calibrate(self, model: nn.Module, validate: Callable[[nn.Module], float]) -> dict[str, float]:
+        """Once after training, before ``masks``: choose thresholds etc. on the validation split.
+
+        ``validate(exported_model)`` returns the task's validation metric (lower is better) of a
+        model of standard layers. Returns the chosen values, which the core logs as metrics.
+        """
+        return {}
+
     @abstractmethod
     def masks(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """Boolean keep-masks keyed by module path, each shaped like that module's weight."""
+
+    def curve_thresholds(self) -> Sequence[float]:
+        """Thresholds for a post-hoc error-vs-compression curve from one trained model (none by default)."""
+        return ()
+
+    def masks_at(self, model: nn.Module, threshold: float) -> dict[str, torch.Tensor]:
+        """Masks had the pruning threshold been ``threshold``; needed when ``curve_thresholds`` is set."""
+        raise NotImplementedError(f"{self.name} has no threshold to sweep")
 
     def export(self, model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
         """A model of standard layers with the masks applied. Default: copy and zero the weights."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 from torch import nn
 
@@ -84,7 +85,8 @@ def plan_run(task_name: str, method_name: str, overrides: dict[str, Any]) -> Pla
     task_cls = TASKS.get(task_name)
     method_cls = METHODS.get(method_name)
     task = task_cls(task_cls.Config())
-    plan = Plan(task, method_cls(method_cls.Config()), task.default_recipe(method_cls.name))
+    method = method_cls(method_cls.Config())
+    plan = Plan(task, method, method.adjust_recipe(task.name, task.default_recipe(method_cls.name)))
     apply_overrides(plan.sections, overrides)
     if plan.train.epochs < 1 or plan.train.batch_size < 1:
         raise ConfigError("train.epochs and train.batch_size must be at least 1")
@@ -114,6 +116,8 @@ def lr_factor(cfg: TrainConfig, epoch: int, step: int) -> float:
         return (1.0 + 1e-4 * step) ** -0.75
     if cfg.lr_schedule == "step":
         return cfg.lr_decay ** (e // cfg.lr_step)
+    if cfg.lr_schedule == "exponential_after":  # Zaremba: constant for lr_step epochs, then x lr_decay per epoch
+        return cfg.lr_decay ** max(0, e + 1 - cfg.lr_step)
     raise ConfigError(f"unknown train.lr_schedule {cfg.lr_schedule!r}")
 
 
@@ -130,6 +134,7 @@ def evaluate(task: Task, model: nn.Module, split: Batches, batch_size: int) -> f
     was_training = model.training
     model.eval()
     total = torch.zeros((), dtype=torch.float64, device=next(model.parameters()).device)
+    task.on_pass_start(model, training=False)
     for x, y in split.iterate(batch_size, shuffle=False, generator=None, drop_last=False):
         total += task.score_sum(model(x), y)
     model.train(was_training)
@@ -213,6 +218,7 @@ def train(request: RunRequest) -> RunResult:
             started = time.perf_counter()
             loss_sum = torch.zeros((), device=device)
             reg_value = 0.0
+            task.on_pass_start(model, training=True)
             for i, (x, y) in enumerate(splits.train.iterate(cfg.batch_size, True, generator, drop_last=True)):
                 ctx = StepContext(epoch, step, steps_per_epoch, cfg.epochs, splits.train.num_examples, optimizer)
                 for group in optimizer.param_groups:
@@ -308,6 +314,9 @@ def finish(plan: Plan, model: nn.Module, splits: Any, tracker: Tracker, device: 
     """Export, count, score on the test set and log everything a table needs."""
     task, method, cfg = plan.task, plan.method, plan.train
     model.eval()
+    calibration = method.calibrate(model, lambda m: evaluate(task, m, splits.val, cfg.eval_batch_size))
+    if calibration:
+        tracker.log_metrics({f"calibration.{k}": v for k, v in calibration.items()}, step=cfg.epochs)
     masks = method.masks(model)
     exported = method.export(model, masks).eval()
     check_export(exported, masks)
@@ -330,9 +339,37 @@ def finish(plan: Plan, model: nn.Module, splits: Any, tracker: Tracker, device: 
         tracker.log_artifact(model_dir / "model.pt", "model")
         (tmpdir / "config.json").write_text(json.dumps(plan.flat_config(), indent=2))
         tracker.log_artifact(tmpdir / "config.json")
+        curve = threshold_curve(plan, model, splits, device)
+        if curve is not None:
+            curve.to_csv(tmpdir / "threshold_curve.csv", index=False)
+            tracker.log_artifact(tmpdir / "threshold_curve.csv")
     tracker.set_tags({"row": row})
     tracker.finish("FINISHED")
     return RunResult(tracker.run_id, "FINISHED", val, test, summary.as_metrics(), row, table)
+
+
+def threshold_curve(plan: Plan, model: nn.Module, splits: Any, device: torch.device) -> pd.DataFrame | None:
+    """Error vs compression of one trained model across pruning thresholds (a curve, not a point)."""
+    task, method, cfg = plan.task, plan.method, plan.train
+    thresholds = list(method.curve_thresholds())
+    if not thresholds:
+        return None
+    rows = []
+    example = task.example_input(device)
+    for t in thresholds:
+        masks = method.masks_at(model, t)
+        exported = method.export(model, masks).eval()
+        summary = summarize(exported, layer_table(exported, example, task.layer_order(exported)))
+        rows.append(
+            {
+                "threshold": t,
+                "compression": summary.compression,
+                "nonzeros": summary.nonzeros,
+                "val_metric": evaluate(task, exported, splits.val, cfg.eval_batch_size),
+                "test_metric": evaluate(task, exported, splits.test, cfg.eval_batch_size),
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 def _progress(enabled: bool, total: int, initial: int, desc: str) -> Any:

@@ -101,6 +101,9 @@ class Task(ABC):
         """Turn the summed numerator into the reported number (error % by default)."""
         return 100.0 * total / max(1, count)
 
+    def on_pass_start(self, model: nn.Module, training: bool) -> None:
+        """Called before each pass over a split (e.g. to reset a language model's carried state)."""
+
     def train_transform(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Batch-level augmentation on the device (none by default)."""
         return x

@@ -1,0 +1,56 @@
+"""Shared fixtures: small datasets written in the real file formats, so the real readers are tested."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+
+def write_idx(path: Path, array: np.ndarray, magic: int, compress: bool) -> None:
+    """Write a uint8 array as an IDX file (big-endian header), optionally gzipped."""
+    header = struct.pack(">i", magic) + struct.pack(">" + "i" * array.ndim, *array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    if compress:
+        path.with_name(path.name + ".gz").write_bytes(gzip.compress(data))
+    else:
+        path.write_bytes(data)
+
+
+def make_mnist(root: Path, n_train: int = 1200, n_test: int = 300, compress: bool = True, seed: int = 0) -> Path:
+    """An MNIST look-alike whose classes are learnable: each label lights up its own 2 rows of pixels."""
+    rng = np.random.default_rng(seed)
+    folder = root / "mnist"
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = rng.integers(0, 10, size=n).astype(np.uint8)
+        images = rng.integers(0, 60, size=(n, 28, 28)).astype(np.uint8)
+        for i, label in enumerate(labels):
+            images[i, 2 + 2 * label : 4 + 2 * label, 4:24] = 255
+        write_idx(folder / f"{prefix}-images-idx3-ubyte", images, 2051, compress)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte", labels, 2049, compress)
+    return root
+
+
+@pytest.fixture(scope="session")
+def mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data root holding a small gzipped MNIST in ``mnist/`` (1,200 train / 300 test)."""
+    return make_mnist(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture()
+def tracking_uri(tmp_path: Path) -> str:
+    """A fresh sqlite MLflow store for one test."""
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_checkpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SPARSEBENCH_CHECKPOINTS", str(tmp_path / "checkpoints"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
