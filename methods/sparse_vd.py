@@ -40,6 +40,40 @@ class SparseVDConfig:
     eps0: float = option(1e-8, "floor added to the pre-activation variance inside the square root")
 
 
+def clamped_log_alpha(theta: torch.Tensor, log_sigma2: torch.Tensor) -> torch.Tensor:
+    """log alpha = log sigma^2 - log theta^2, clamped to [-8, 8] (zero gradient outside)."""
+    return torch.clamp(log_sigma2 - torch.log(theta * theta + EPS_THETA), LOG_ALPHA_MIN, LOG_ALPHA_MAX)
+
+
+def weight_side(
+    theta: torch.Tensor, log_sigma2: torch.Tensor, threshold: float, train_mask: bool, sigma2_variance: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Everything a training step needs from the weights: (mean weight, variance, KL sum).
+
+    One function so that log alpha is computed once per step and so that ``torch.compile`` can
+    fuse the dozen element-wise passes over every weight into one or two kernels.
+    """
+    la = clamped_log_alpha(theta, log_sigma2)
+    keep = la < threshold
+    if train_mask:
+        theta = theta * keep
+    if sigma2_variance:
+        var = torch.exp(log_sigma2) * keep if train_mask else torch.exp(log_sigma2)
+    else:
+        var = torch.exp(la) * theta * theta
+    return theta, var, sparse_vd_kl_sum(la)
+
+
+_COMPILED: dict[str, object] = {}
+
+
+def compiled_weight_side() -> object:
+    """``weight_side`` under torch.compile, built on first use (compiling takes seconds)."""
+    if "fn" not in _COMPILED:
+        _COMPILED["fn"] = torch.compile(weight_side, fullgraph=True, dynamic=False)
+    return _COMPILED["fn"]
+
+
 class _SparseVDMixin:
     """Weight-side computations shared by the Linear and Conv2d layers."""
 
@@ -49,43 +83,40 @@ class _SparseVDMixin:
     def _init_variational(self, cfg: SparseVDConfig) -> None:
         self.cfg = cfg
         self.log_sigma2 = nn.Parameter(torch.full_like(self.weight, cfg.init_log_sigma2))
-        self._cache: tuple[tuple[int, int], torch.Tensor] | None = None
+        self._kl: tuple[tuple[int, int], torch.Tensor] | None = None
+        self.use_compiled = False
 
     def log_alpha(self) -> torch.Tensor:
         """Clamped log alpha of every weight."""
-        return torch.clamp(
-            self.log_sigma2 - torch.log(self.weight * self.weight + EPS_THETA), LOG_ALPHA_MIN, LOG_ALPHA_MAX
-        )
+        return clamped_log_alpha(self.weight, self.log_sigma2)
 
     def keep_mask(self, threshold: float | None = None) -> torch.Tensor:
         with torch.no_grad():
             return self.log_alpha() < (self.cfg.threshold if threshold is None else threshold)
 
     def kl(self) -> torch.Tensor:
-        """KL of this layer; reuses the log alpha of the training forward that preceded it.
+        """KL of this layer, taken from the training forward that preceded it when possible.
 
-        The forward pass and the KL both need log alpha; computing it once per step saves a full
-        set of element-wise passes over every weight. The cache is used at most once and only
-        while neither parameter has been updated, so it can never be stale.
+        The forward pass and the KL share log alpha, so the forward computes both. The stored
+        value is used at most once and only while neither parameter has been updated, so it is
+        never stale; otherwise the KL is computed afresh.
         """
-        cached, self._cache = self._cache, None
-        if cached is not None and cached[0] == (self.weight._version, self.log_sigma2._version):
-            return sparse_vd_kl_sum(cached[1])
+        stored, self._kl = self._kl, None
+        if stored is not None and stored[0] == (self.weight._version, self.log_sigma2._version):
+            return stored[1]
         return sparse_vd_kl_sum(self.log_alpha())
 
     def _train_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean weight, per-weight variance) for the local reparameterisation."""
-        la = self.log_alpha()
-        self._cache = ((self.weight._version, self.log_sigma2._version), la)
-        theta = self.weight
-        if self.cfg.train_mask:
-            theta = theta * (la < self.cfg.threshold)
-        if self.cfg.variance_from == "sigma2":
-            var = torch.exp(self.log_sigma2)
-            if self.cfg.train_mask:
-                var = var * (la < self.cfg.threshold)
-        else:
-            var = torch.exp(la) * theta * theta
+        """(mean weight, per-weight variance) for the local reparameterisation; stores the KL."""
+        fn = compiled_weight_side() if self.use_compiled else weight_side
+        theta, var, kl = fn(  # type: ignore[operator]
+            self.weight,
+            self.log_sigma2,
+            self.cfg.threshold,
+            self.cfg.train_mask,
+            self.cfg.variance_from == "sigma2",
+        )
+        self._kl = ((self.weight._version, self.log_sigma2._version), kl)
         return theta, var
 
     def _eval_weight(self) -> torch.Tensor:
@@ -176,7 +207,9 @@ class Conv2dSVD(nn.Conv2d, _SparseVDMixin):
         return out
 
 
-SVD_LAYERS = (LinearSVD, Conv2dSVD)
+SVD_LAYERS = (_SparseVDMixin,)
+"""Every layer built on the per-weight posterior: LinearSVD, Conv2dSVD and the recurrent ones of
+methods/sparse_vd_rnn.py (embedding, softmax, each LSTM weight matrix), which import this module."""
 
 
 @register_method("sparse_vd")
@@ -184,11 +217,20 @@ class SparseVD(SparsityMethod):
     description = "Sparse Variational Dropout: per-weight learned dropout rates, prune log alpha >= 3"
     paper = "Molchanov, Ashukha, Vetrov. Variational Dropout Sparsifies Deep Neural Networks. ICML 2017"
     Config = SparseVDConfig
+    layer_types = (nn.Linear, nn.Conv2d, nn.LSTM, nn.Embedding)
 
     def convert(self, model: nn.Module) -> nn.Module:
+        from sparsebench.methods.sparse_vd_rnn import recurrent_swap  # imported late: it builds on this module
+
+        recurrent = recurrent_swap(model, self.config)
+
         def swap(path: str, m: nn.Module) -> nn.Module | None:
             if isinstance(m, SVD_LAYERS):
                 return None
+            if isinstance(m, nn.Dropout):  # the learned weight noise replaces dropout (methods.md 9.3)
+                return nn.Identity()
+            if (new := recurrent(m)) is not None:
+                return new
             if isinstance(m, nn.Linear):
                 return LinearSVD.from_dense(m, self.config)
             if isinstance(m, nn.Conv2d):
@@ -196,6 +238,10 @@ class SparseVD(SparsityMethod):
             return None
 
         return replace_modules(model, swap)
+
+    def enable_compile(self, model: nn.Module) -> None:
+        for layer in modules_of_type(model, SVD_LAYERS).values():
+            layer.use_compiled = True
 
     def kl(self, model: nn.Module) -> torch.Tensor:
         return sum(m.kl() for m in modules_of_type(model, SVD_LAYERS).values())  # type: ignore[return-value]
@@ -222,10 +268,14 @@ class SparseVD(SparsityMethod):
         return {path: m.keep_mask(threshold) for path, m in modules_of_type(model, SVD_LAYERS).items()}
 
     def export(self, model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
-        exported = copy.deepcopy(model)
-        return replace_modules(
-            exported, lambda path, m: m.to_dense(masks[path]) if isinstance(m, SVD_LAYERS) else None
-        )
+        from sparsebench.methods.sparse_vd_rnn import LSTMSVD
+
+        def swap(path: str, m: nn.Module) -> nn.Module | None:
+            if isinstance(m, LSTMSVD):  # one mask per weight matrix, keyed "<lstm path>.weight_hh_l0"
+                return m.to_dense({name: masks[f"{path}.{name}"] for name in m.weight_names})
+            return m.to_dense(masks[path]) if isinstance(m, SVD_LAYERS) else None
+
+        return replace_modules(copy.deepcopy(model), swap)
 
     def search_space(self, trial: Any) -> dict[str, Any]:
         return {

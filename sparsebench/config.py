@@ -49,6 +49,10 @@ class TrainConfig:
     val_size: int = option(5000, "training examples held out for per-epoch validation (fixed split)")
     eval_batch_size: int = option(2000, "examples per evaluation batch")
     threads: int = option(0, "CPU threads for torch (0 = torch's default)")
+    compile: Literal["auto", "always", "never"] = option(
+        "auto", "torch.compile the method's fusable kernels; auto = only for runs of 5,000+ steps"
+    )
+    amp: bool = option(True, "bf16 autocast on CUDA (ignored on CPU)")
 
 
 def fields_of(config: Any) -> list[dataclasses.Field]:

@@ -69,6 +69,9 @@ class SparsityMethod(ABC):
         """Swap standard layers for the method's own (Bayesian, noisy ...). Default: unchanged."""
         return model
 
+    def enable_compile(self, model: nn.Module) -> None:
+        """Switch the converted model to compiled kernels; called for long runs (train.compile)."""
+
     def regularizer(self, model: nn.Module, ctx: StepContext) -> torch.Tensor | None:
         """Term added to the mean data loss, already scaled (e.g. beta_t * KL / N)."""
         return None

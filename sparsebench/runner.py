@@ -5,6 +5,7 @@ Every hook a method can implement is called visibly in ``train``; there is no ca
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
@@ -28,6 +29,10 @@ from sparsebench.metrics import check_export, layer_table, paper_row, summarize
 from sparsebench.registry import METHODS, TASKS
 from sparsebench.task import Batches, Task
 from sparsebench.tracking import EXPERIMENT, Tracker, environment
+
+
+COMPILE_MIN_STEPS = 5000
+"""Below this many steps, compiling (seconds per layer shape) costs more than it saves."""
 
 
 @dataclass
@@ -209,6 +214,8 @@ def train(request: RunRequest) -> RunResult:
     tracker.set_tags({"checkpoint": str(ckpt_path.absolute())})
 
     steps_per_epoch = splits.train.num_batches(cfg.batch_size, drop_last=True)
+    if cfg.compile == "always" or (cfg.compile == "auto" and cfg.epochs * steps_per_epoch >= COMPILE_MIN_STEPS):
+        method.enable_compile(model)
     progress = _progress(request.progress, cfg.epochs * steps_per_epoch, step, f"{task.name} {method.name}")
     epoch = start_epoch
     epoch_info = ""
@@ -224,9 +231,10 @@ def train(request: RunRequest) -> RunResult:
                 for group in optimizer.param_groups:
                     group["lr"] = cfg.lr * lr_factor(cfg, epoch, step)
                 x = task.train_transform(x, generator)
-                loss = task.loss(model(x), y)
-                reg = method.regularizer(model, ctx)
-                total = loss if reg is None else loss + reg
+                with autocast(device, cfg.amp):
+                    loss = task.loss(model(x), y)
+                    reg = method.regularizer(model, ctx)
+                    total = loss if reg is None else loss + reg
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
                 if cfg.grad_clip > 0:
@@ -325,7 +333,8 @@ def finish(plan: Plan, model: nn.Module, splits: Any, tracker: Tracker, device: 
     val = evaluate(task, exported, splits.val, cfg.eval_batch_size)
     test = evaluate(task, exported, splits.test, cfg.eval_batch_size)
     row = paper_row(task.name, method.name, test, table, summary, task.metric.unit)
-    tracker.log_metrics({"final_val_metric": val, "test_metric": test, **summary.as_metrics()}, step=cfg.epochs)
+    final = {"final_val_metric": val, "test_metric": test, "peak_memory_mb": peak_memory_mb(device)}
+    tracker.log_metrics({**final, **summary.as_metrics()}, step=cfg.epochs)
     with tempfile.TemporaryDirectory() as tmp:
         tmpdir = Path(tmp)
         table.to_csv(tmpdir / "per_layer.csv", index=False)
@@ -370,6 +379,22 @@ def threshold_curve(plan: Plan, model: nn.Module, splits: Any, device: torch.dev
             }
         )
     return pd.DataFrame(rows)
+
+
+def autocast(device: torch.device, enabled: bool) -> Any:
+    """bf16 autocast on CUDA (matmuls and convolutions in bf16, reductions in fp32); off on CPU."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak device memory of the run (CUDA allocator) or peak resident memory of the process (CPU)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _progress(enabled: bool, total: int, initial: int, desc: str) -> Any:

@@ -8,7 +8,7 @@ import sys
 
 from sparsebench.errors import SparsebenchError
 
-SUBCOMMANDS = ("run", "list", "data")
+SUBCOMMANDS = ("run", "list", "data", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:
