@@ -47,11 +47,11 @@ def clamped_log_alpha(theta: torch.Tensor, log_sigma2: torch.Tensor) -> torch.Te
 
 def weight_side(
     theta: torch.Tensor, log_sigma2: torch.Tensor, threshold: float, train_mask: bool, sigma2_variance: bool
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Everything a training step needs from the weights: (mean weight, variance, KL sum).
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean weight, per-weight variance) of a training step's local reparameterisation.
 
-    One function so that log alpha is computed once per step and so that ``torch.compile`` can
-    fuse the dozen element-wise passes over every weight into one or two kernels.
+    One function so that ``torch.compile`` can fuse its element-wise passes over every weight
+    into a single kernel (forward and backward).
     """
     la = clamped_log_alpha(theta, log_sigma2)
     keep = la < threshold
@@ -61,17 +61,23 @@ def weight_side(
         var = torch.exp(log_sigma2) * keep if train_mask else torch.exp(log_sigma2)
     else:
         var = torch.exp(la) * theta * theta
-    return theta, var, sparse_vd_kl_sum(la)
+    return theta, var
+
+
+def kl_side(theta: torch.Tensor, log_sigma2: torch.Tensor) -> torch.Tensor:
+    """KL of one layer's weights, straight from the parameters (fused under ``torch.compile``)."""
+    return sparse_vd_kl_sum(clamped_log_alpha(theta, log_sigma2))
 
 
 _COMPILED: dict[str, object] = {}
 
 
-def compiled_weight_side() -> object:
-    """``weight_side`` under torch.compile, built on first use (compiling takes seconds)."""
-    if "fn" not in _COMPILED:
-        _COMPILED["fn"] = torch.compile(weight_side, fullgraph=True, dynamic=False)
-    return _COMPILED["fn"]
+def compiled(fn: object) -> object:
+    """``fn`` under torch.compile, built on first use (compiling takes seconds per weight shape)."""
+    name = fn.__name__  # type: ignore[attr-defined]
+    if name not in _COMPILED:
+        _COMPILED[name] = torch.compile(fn, fullgraph=True, dynamic=False)
+    return _COMPILED[name]
 
 
 class _SparseVDMixin:
@@ -83,7 +89,6 @@ class _SparseVDMixin:
     def _init_variational(self, cfg: SparseVDConfig) -> None:
         self.cfg = cfg
         self.log_sigma2 = nn.Parameter(torch.full_like(self.weight, cfg.init_log_sigma2))
-        self._kl: tuple[tuple[int, int], torch.Tensor] | None = None
         self.use_compiled = False
 
     def log_alpha(self) -> torch.Tensor:
@@ -95,29 +100,20 @@ class _SparseVDMixin:
             return self.log_alpha() < (self.cfg.threshold if threshold is None else threshold)
 
     def kl(self) -> torch.Tensor:
-        """KL of this layer, taken from the training forward that preceded it when possible.
-
-        The forward pass and the KL share log alpha, so the forward computes both. The stored
-        value is used at most once and only while neither parameter has been updated, so it is
-        never stale; otherwise the KL is computed afresh.
-        """
-        stored, self._kl = self._kl, None
-        if stored is not None and stored[0] == (self.weight._version, self.log_sigma2._version):
-            return stored[1]
-        return sparse_vd_kl_sum(self.log_alpha())
+        """KL of this layer's weights to the log-uniform prior (approximation of Eq. 14)."""
+        fn = compiled(kl_side) if self.use_compiled else kl_side
+        return fn(self.weight, self.log_sigma2)  # type: ignore[operator]
 
     def _train_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean weight, per-weight variance) for the local reparameterisation; stores the KL."""
-        fn = compiled_weight_side() if self.use_compiled else weight_side
-        theta, var, kl = fn(  # type: ignore[operator]
+        """(mean weight, per-weight variance) for the local reparameterisation."""
+        fn = compiled(weight_side) if self.use_compiled else weight_side
+        return fn(  # type: ignore[operator]
             self.weight,
             self.log_sigma2,
             self.cfg.threshold,
             self.cfg.train_mask,
             self.cfg.variance_from == "sigma2",
         )
-        self._kl = ((self.weight._version, self.log_sigma2._version), kl)
-        return theta, var
 
     def _eval_weight(self) -> torch.Tensor:
         return self.weight * self.keep_mask()
@@ -220,7 +216,8 @@ class SparseVD(SparsityMethod):
     layer_types = (nn.Linear, nn.Conv2d, nn.LSTM, nn.Embedding)
 
     def convert(self, model: nn.Module) -> nn.Module:
-        from sparsebench.methods.sparse_vd_rnn import recurrent_swap  # imported late: it builds on this module
+        # Imported here, not at the top: sparse_vd_rnn builds on this module.
+        from sparsebench.methods.sparse_vd_rnn import recurrent_swap
 
         recurrent = recurrent_swap(model, self.config)
 

@@ -73,9 +73,9 @@ def flatten(sections: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def parse_assignment(text: str) -> tuple[str, str]:
+def parse_assignment(text: str, flag: str = "--set") -> tuple[str, str]:
     if "=" not in text:
-        raise ConfigError(f"--set expects key=value (e.g. train.epochs=20), got {text!r}")
+        raise ConfigError(f"{flag} expects key=value (e.g. train.epochs=20), got {text!r}")
     key, value = text.split("=", 1)
     return key.strip(), value.strip()
 
@@ -141,6 +141,11 @@ def coerce(key: str, raw: Any, annotation: Any) -> Any:
     if annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(f"{key} must be a number, got {raw!r}")
     if annotation is str:
         return str(value)

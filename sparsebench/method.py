@@ -105,11 +105,13 @@ class SparsityMethod(ABC):
 
     def export(self, model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
         """A model of standard layers with the masks applied. Default: copy and zero the weights."""
+        from sparsebench.metrics import mask_target
+
         exported = copy.deepcopy(model)
-        modules = dict(exported.named_modules())
         with torch.no_grad():
-            for path, mask in masks.items():
-                modules[path].weight.mul_(mask.to(modules[path].weight.dtype))
+            for key, mask in masks.items():
+                weight = mask_target(exported, key)
+                weight.mul_(mask.to(weight.dtype))
         return exported
 
     def search_space(self, trial: Any) -> dict[str, Any]:

@@ -161,18 +161,29 @@ def summarize(model: nn.Module, table: pd.DataFrame) -> Summary:
     )
 
 
+def mask_target(model: nn.Module, key: str) -> torch.Tensor:
+    """The weight a mask applies to: ``key`` is a module path (its ``weight``) or ``<path>.<parameter>``.
+
+    The second form names one of several weight matrices of a module, e.g. ``lstm.weight_hh_l0``.
+    """
+    modules = dict(model.named_modules())
+    if key in modules:
+        return weight_tensors(modules[key])[0]
+    path, _, name = key.rpartition(".")
+    if path in modules and isinstance(getattr(modules[path], name, None), torch.Tensor):
+        return getattr(modules[path], name)
+    raise RuntimeError(f"mask for {key!r} has no layer or weight in the exported model")
+
+
 def check_export(exported: nn.Module, masks: dict[str, torch.Tensor]) -> None:
     """The exported model must hold zeros wherever a mask says a weight was removed."""
-    modules = dict(exported.named_modules())
-    for path, mask in masks.items():
-        if path not in modules:
-            raise RuntimeError(f"mask for {path!r} has no layer in the exported model")
-        weight = weight_tensors(modules[path])[0]
+    for key, mask in masks.items():
+        weight = mask_target(exported, key)
         if weight.shape != mask.shape:
-            raise RuntimeError(f"mask for {path} has shape {tuple(mask.shape)}, weight {tuple(weight.shape)}")
+            raise RuntimeError(f"mask for {key} has shape {tuple(mask.shape)}, weight {tuple(weight.shape)}")
         leaked = int(((weight != 0) & ~mask.to(weight.device)).sum())
         if leaked:
-            raise RuntimeError(f"exported {path} has {leaked} nonzero weights that its mask removed")
+            raise RuntimeError(f"exported {key} has {leaked} nonzero weights that its mask removed")
 
 
 def format_compression(value: float) -> str:

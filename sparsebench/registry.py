@@ -77,15 +77,25 @@ class Registry(Generic[T]):
             origin = f"{dist.name} {dist.version}" if dist is not None else ep.value
             self._loading_origin = f"distribution {origin}"
             try:
-                before = set(self._entries)
                 obj = ep.load()
-                # A plugin may register itself with the decorator on import, or just expose a class.
-                if set(self._entries) == before and normalize_name(ep.name) not in self._entries:
-                    self.register(ep.name)(obj)
-            except PluginError:
-                raise
-            except Exception as exc:  # a broken plugin must not break the others
+            except Exception as exc:  # a broken plugin (or a decorator clash) must not break the others
                 self.broken[ep.name] = f"{origin}: {type(exc).__name__}: {exc}"
+                continue
+            finally:
+                self._loading_origin = None
+            # A plugin may register itself with the decorator on import, or just expose a class.
+            if any(entry.obj is obj for entry in self._entries.values()):
+                continue
+            existing = self._entries.get(normalize_name(ep.name))
+            if existing is not None:
+                self.broken[ep.name] = (
+                    f"name clash: distribution {origin} and {existing.origin} both provide "
+                    f"{self.kind} {ep.name!r}; uninstall one of them"
+                )
+                continue
+            self._loading_origin = f"distribution {origin}"
+            try:
+                self.register(ep.name)(obj)
             finally:
                 self._loading_origin = None
 

@@ -199,7 +199,7 @@ def train(request: RunRequest) -> RunResult:
         optimizer.load_state_dict(ckpt["optimizer"])
         checkpoint.restore_rng(ckpt["rng"], generator)
         start_epoch, step = ckpt["epoch"], ckpt["step"]
-        tracker = Tracker.open(request.tracking_uri, request.experiment, run_id=request.resume)
+        tracker = Tracker.open(request.tracking_uri, request.experiment, run_id=request.resume, resume=True)
     else:
         tracker = Tracker.open(
             request.tracking_uri,
@@ -246,9 +246,10 @@ def train(request: RunRequest) -> RunResult:
                 if (i + 1) % 50 == 0 or i + 1 == steps_per_epoch:
                     mean_loss = float(loss_sum) / (i + 1)  # one device sync every 50 steps
                     if not math.isfinite(mean_loss):
+                        kept = f"checkpoint of epoch {epoch} kept" if epoch > start_epoch or ckpt else "no epoch finished"
                         raise TrainingDivergedError(
                             f"loss became {mean_loss} in epoch {epoch + 1}, step {step}; lower train.lr "
-                            f"or raise the KL warm-up (run {tracker.run_id}, last good checkpoint kept)"
+                            f"or lengthen the KL warm-up (run {tracker.run_id} marked FAILED, {kept})"
                         )
                     reg_value = float(reg.detach()) if reg is not None else 0.0
                     if progress is not None:
@@ -295,6 +296,8 @@ def train(request: RunRequest) -> RunResult:
                     file=sys.stderr,
                 )
                 return RunResult(tracker.run_id, "PAUSED")
+        _close(progress)
+        return finish(plan, model, splits, tracker, device)
     except TrainingDivergedError:
         _close(progress)
         tracker.set_tags({"failure": "loss diverged"})
@@ -314,8 +317,6 @@ def train(request: RunRequest) -> RunResult:
         _close(progress)
         tracker.finish("FAILED")
         raise
-    _close(progress)
-    return finish(plan, model, splits, tracker, device)
 
 
 def finish(plan: Plan, model: nn.Module, splits: Any, tracker: Tracker, device: torch.device) -> RunResult:

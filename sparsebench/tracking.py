@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sparsebench.errors import ConfigError, RunNotFoundError
+
 DEFAULT_STORE = Path("mlruns")
 EXPERIMENT = "sparsebench"
 
@@ -42,10 +44,16 @@ class Tracker:
     @classmethod
     def open(cls, tracking_uri: str | None, experiment: str, run_id: str | None = None,
              tags: dict[str, str] | None = None, run_name: str | None = None,
-             parent_run_id: str | None = None) -> Tracker:
-        """Start a new run (or re-open ``run_id``) in ``experiment``."""
+             parent_run_id: str | None = None, resume: bool = False) -> Tracker:
+        """Start a new run (or re-open ``run_id`` to resume it) in ``experiment``."""
         client = make_client(tracking_uri)
         if run_id is not None:
+            try:
+                status = client.get_run(run_id).info.status
+            except Exception as exc:
+                raise RunNotFoundError(f"no MLflow run {run_id} in {tracking_uri or default_tracking_uri()}") from exc
+            if resume and status == "FINISHED":
+                raise ConfigError(f"run {run_id} already finished; start a new run instead of resuming it")
             client.update_run(run_id, status="RUNNING")
             return cls(client, run_id)
         experiment_id = ensure_experiment(client, experiment, tracking_uri)

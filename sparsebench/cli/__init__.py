@@ -8,7 +8,7 @@ import sys
 
 from sparsebench.errors import SparsebenchError
 
-SUBCOMMANDS = ("run", "list", "data", "bench")
+SUBCOMMANDS = ("run", "sweep", "report", "reproduce", "bench", "list", "data")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -33,6 +33,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--experiment", default="sparsebench", help="MLflow experiment name")
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint")
     p.add_argument("--init-from", metavar="RUN", help="initialise from the exported model of an earlier run")
+    p.add_argument("--tag", dest="tags", action="append", default=[], metavar="KEY=VALUE",
+                   help="MLflow tag on the run, e.g. study=table1 (repeatable; reports select by tag)")
     p.add_argument("--stop-after", type=int, metavar="EPOCHS", help="stop resumably after this many epochs")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -62,6 +64,7 @@ def handle(args: argparse.Namespace) -> int:
             init_from=args.init_from,
             stop_after=args.stop_after,
             progress=not args.no_progress,
+            tags=dict(parse_assignment(text, "--tag") for text in args.tags),
         )
     )
     if result.status != "FINISHED":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -12,16 +13,22 @@ from sparsebench.errors import DataError
 
 # magic -> (number of dimensions, description)
 IDX_MAGIC = {2049: (1, "labels"), 2051: (3, "images")}
+GZIP_MAGIC = b"\x1f\x8b"
 
 
 def read_bytes(path: Path) -> bytes:
-    """File contents, transparently decompressing ``.gz``; a broken gzip stream is a DataError."""
+    """File contents, decompressed when gzipped; a broken gzip stream is a DataError.
+
+    A file is decompressed when its name ends in ``.gz`` or its first bytes say gzip (a raw IDX
+    file always starts with two zero bytes), so a compressed file that lost its suffix still reads.
+    """
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as fh:
-                return fh.read()
-        return path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raw = path.read_bytes()
+        if path.suffix == ".gz" or raw[:2] == GZIP_MAGIC:
+            return gzip.decompress(raw)
+        return raw
+    # zlib.error (damaged deflate data) is not an OSError, unlike gzip's own header/CRC errors.
+    except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"{path} is corrupt ({exc}); delete it and download it again") from exc
 
 
@@ -41,8 +48,10 @@ def read_idx(path: Path, expected_magic: int) -> np.ndarray:
     header = 4 + 4 * ndim
     if len(raw) < header:
         raise DataError(f"{path} is truncated inside its header; delete it and download it again")
-    shape = struct.unpack(">" + "i" * ndim, raw[4:header])
-    count = int(np.prod(shape))
+    # Sizes are unsigned in the format; reading them signed would turn a damaged header into a
+    # negative count and a confusing message.
+    shape = struct.unpack(">" + "I" * ndim, raw[4:header])
+    count = int(np.prod(shape, dtype=np.int64))
     if len(raw) != header + count:
         raise DataError(
             f"{path} holds {len(raw) - header} data bytes but its header promises {count}; "

@@ -11,6 +11,8 @@ from sparsebench.data.idx import read_idx
 from sparsebench.errors import DataError
 
 SUBDIR = "mnist"
+IMAGE_SHAPE = (28, 28)
+NUM_CLASSES = 10
 
 # Uncompressed sizes and md5s of LeCun's files (see ../shared/data/README.md).
 FILES = {
@@ -36,10 +38,12 @@ def find_file(root: Path, stem: str) -> Path | None:
     return None
 
 
-def missing_message(root: Path) -> str:
+def missing_message(root: Path, missing: list[str] | None = None) -> str:
+    """One line naming the files looked for and both ways to provide them."""
     names = ", ".join(f"{stem}[.gz]" for stem in FILES)
+    absent = f"missing {', '.join(missing)}; " if missing and len(missing) < len(FILES) else ""
     return (
-        f"MNIST not found in {root / SUBDIR} (expected {names}); put the files there, point "
+        f"MNIST not found in {root / SUBDIR} ({absent}expected {names}); put the files there, point "
         f"--data-dir or SPARSEBENCH_DATA at a folder with a mnist/ subfolder, "
         f"or run `sparsebench data download mnist --data-dir {root}`"
     )
@@ -48,8 +52,9 @@ def missing_message(root: Path) -> str:
 def load_mnist(root: Path) -> MnistArrays:
     """Read MNIST from ``root/mnist``; any missing file is reported with both ways to provide it."""
     paths = {stem: find_file(root, stem) for stem in FILES}
-    if any(p is None for p in paths.values()):
-        raise DataError(missing_message(root))
+    missing = [stem for stem, path in paths.items() if path is None]
+    if missing:
+        raise DataError(missing_message(root, missing))
 
     def images(stem: str) -> torch.Tensor:
         return torch.from_numpy(read_idx(paths[stem], 2051).copy())
@@ -69,4 +74,14 @@ def load_mnist(root: Path) -> MnistArrays:
     }.items():
         if len(x) != len(y):
             raise DataError(f"MNIST {split} has {len(x)} images but {len(y)} labels; the files do not match")
+        # Caught here, a wrong file is one clear line instead of an indexing error deep in training.
+        if tuple(x.shape[1:]) != IMAGE_SHAPE:
+            raise DataError(
+                f"MNIST {split} images are {'x'.join(map(str, x.shape[1:]))}, expected 28x28; "
+                f"is {root / SUBDIR} really MNIST?"
+            )
+        if len(y) and int(y.max()) >= NUM_CLASSES:
+            raise DataError(
+                f"MNIST {split} labels go up to {int(y.max())}, expected 0-9; the labels file is corrupt"
+            )
     return arrays

@@ -1,0 +1,128 @@
+"""``sparsebench report``: tables, figures and seed statistics from the runs in MLflow."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+EXAMPLES = """examples:
+  sparsebench report --task lenet300_100 --name lenet300_100
+  sparsebench report --task lenet5 --method sparse_vd --method dense --name lenet5-svd
+  sparsebench report --experiment sparsebench --tag campaign=mnist-v1 --name mnist
+  sparsebench report --task lenet300_100 --param train.epochs=200 --name lenet300_100-full
+  sparsebench report --sweep <sweep parent run id or name> --name sweep-svd --levels 20 50 100
+  sparsebench reproduce reports/lenet5-svd --dry-run
+"""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        help="compare runs: paper-format tables, Pareto plots, seed statistics",
+        description="Select finished runs from MLflow and write reports/<name>/ (report.md, report.html, "
+        "CSV and LaTeX tables, PNG figures); the report is also logged to MLflow as artifacts.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--experiment", action="append", default=[], help="MLflow experiment name (repeatable; default: all)"
+    )
+    p.add_argument("--task", action="append", default=[], help="task name (repeatable)")
+    p.add_argument("--method", action="append", default=[], help="method name (repeatable)")
+    p.add_argument(
+        "--tag", action="append", default=[], metavar="KEY=VALUE", help="only runs with this tag (repeatable)"
+    )
+    p.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="only runs with this config value, e.g. train.epochs=200 (repeatable)",
+    )
+    p.add_argument("--sweep", help="only the trials of this sweep (parent run id, run name or `sweep` tag)")
+    p.add_argument(
+        "--run", action="append", default=[], metavar="RUN_ID", help="only these run ids (repeatable)"
+    )
+    p.add_argument("--name", help="report name, the folder under reports/ (default: from the tasks)")
+    p.add_argument("--out", help="output folder (default: reports/<name>/)")
+    p.add_argument(
+        "--levels",
+        type=float,
+        nargs="+",
+        metavar="X",
+        help="compression levels of the matched comparison (default: 10 20 50 100)",
+    )
+    p.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite under ./mlruns)",
+    )
+    p.add_argument("--no-mlflow", action="store_true", help="do not log the report to MLflow")
+    p.set_defaults(handler=handle)
+
+
+def selection_from(args: argparse.Namespace):  # noqa: ANN201 - Selection is imported lazily
+    from sparsebench.report.select import Selection
+
+    tags = dict(_pair("--tag", text) for text in args.tag)
+    params = dict(_pair("--param", text) for text in args.param)
+    return Selection(
+        tuple(args.experiment),
+        tuple(args.task),
+        tuple(args.method),
+        tags,
+        params,
+        args.sweep,
+        tuple(args.run),
+    )
+
+
+def _pair(flag: str, text: str) -> tuple[str, str]:
+    from sparsebench.config import parse_assignment
+    from sparsebench.errors import ConfigError
+
+    if "=" not in text:
+        raise ConfigError(f"{flag} expects key=value (e.g. {flag} train.epochs=200), got {text!r}")
+    return parse_assignment(text)
+
+
+def handle(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from sparsebench.report.build import DEFAULT_LEVELS, ReportRequest, check_name, make_report
+    from sparsebench.tracking import default_tracking_uri
+
+    selection = selection_from(args)
+    name = check_name(args.name or "-".join(args.task) or "-".join(args.experiment) or args.sweep or "report")
+    out = Path(args.out) if args.out else Path("reports") / name
+    levels = tuple(args.levels) if args.levels else DEFAULT_LEVELS
+    flags = ["sparsebench", "report", *selection.as_flags(), "--name", name]
+    if args.out:
+        flags += ["--out", args.out]
+    if args.levels:
+        flags += ["--levels", *(f"{v:g}" for v in levels)]
+    if args.tracking_uri:
+        flags += ["--tracking-uri", args.tracking_uri]
+    result = make_report(
+        ReportRequest(
+            selection=selection,
+            name=name,
+            out=out,
+            tracking_uri=args.tracking_uri or default_tracking_uri(),
+            levels=levels,
+            log_to_mlflow=not args.no_mlflow,
+            command=" ".join(shlex.quote(f) for f in flags),
+        )
+    )
+    for task, table in result.summaries.items():
+        print(f"## {task}\n\n{table}\n")
+    print(
+        f"wrote {result.folder}/report.md and report.html ({len(result.files)} files, {result.runs} runs)",
+        file=sys.stderr,
+    )
+    if result.mlflow_run_id:
+        print(
+            f"logged to MLflow as run {result.mlflow_run_id} (experiment sparsebench-reports)",
+            file=sys.stderr,
+        )
+    return 0

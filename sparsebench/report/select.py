@@ -1,0 +1,349 @@
+"""Find the runs a report is about and read what they logged, through MLflow's client into pandas.
+
+Nothing here opens the store's files directly: runs come from ``mlflow.search_runs``, curves
+from ``get_metric_history`` and tables from ``download_artifacts``, so any MLflow backend works.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from sparsebench.errors import ConfigError
+from sparsebench.registry import normalize_name
+
+REPORT_EXPERIMENT = "sparsebench-reports"
+"""Report runs live in their own experiment so they never show up among training runs."""
+
+HISTORY_KEYS = ("val_metric", "sparsity", "kl", "train_loss", "epoch_seconds")
+"""Per-epoch metrics the report draws or averages."""
+
+NOT_A_SETTING = ("train.seed", "train.threads", "train.eval_batch_size")
+"""Config keys that differ between runs of one setting without changing what is measured."""
+
+FINAL_METRICS = {
+    "test_metric": "test",
+    "final_val_metric": "val",
+    "compression": "compression",
+    "compression_all": "compression_all",
+    "compression_structured": "compression_structured",
+    "compression_precision": "compression_precision",
+    "flops_reduction": "flops_reduction",
+    "weights": "weights",
+    "nonzeros": "nonzeros",
+    "params_all": "params_all",
+    "nonzero_params_all": "nonzero_params_all",
+    "examples_per_second": "examples_per_second",
+    "peak_memory_mb": "peak_memory_mb",
+}
+"""MLflow metric -> column of the tidy run table (optional ones become NaN when absent)."""
+
+
+class NoMatchingRunsError(ConfigError):
+    """The selection matched no finished training run; nothing is written."""
+
+
+@dataclass
+class Selection:
+    """Which runs a report covers; every field narrows the set (empty = no constraint)."""
+
+    experiments: tuple[str, ...] = ()
+    tasks: tuple[str, ...] = ()
+    methods: tuple[str, ...] = ()
+    tags: dict[str, str] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)
+    """Config values as logged (``train.epochs`` -> ``"200"``), e.g. to leave out short smoke runs."""
+    sweep: str | None = None
+    run_ids: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        parts = [
+            f"experiment {', '.join(self.experiments)}" if self.experiments else "all experiments",
+            f"task {', '.join(self.tasks)}" if self.tasks else "",
+            f"method {', '.join(self.methods)}" if self.methods else "",
+            ", ".join(f"tag {k}={v}" for k, v in self.tags.items()),
+            ", ".join(f"{k}={v}" for k, v in self.params.items()),
+            f"sweep {self.sweep}" if self.sweep else "",
+            f"{len(self.run_ids)} listed runs" if self.run_ids else "",
+        ]
+        return "; ".join(p for p in parts if p)
+
+    def as_flags(self) -> list[str]:
+        """The ``sparsebench report`` flags that select the same runs again."""
+        flags: list[str] = []
+        for name in self.experiments:
+            flags += ["--experiment", name]
+        for name in self.tasks:
+            flags += ["--task", name]
+        for name in self.methods:
+            flags += ["--method", name]
+        for key, value in self.tags.items():
+            flags += ["--tag", f"{key}={value}"]
+        for key, value in self.params.items():
+            flags += ["--param", f"{key}={value}"]
+        if self.sweep:
+            flags += ["--sweep", self.sweep]
+        for run_id in self.run_ids:
+            flags += ["--run", run_id]
+        return flags
+
+
+@dataclass
+class RunSet:
+    """Everything a report is computed from, as tidy frames keyed by ``run_id``."""
+
+    runs: pd.DataFrame
+    """One row per run: task, method, setting, seed and the final metrics."""
+    layers: pd.DataFrame
+    """``per_layer.csv`` of every run, with ``run_id`` and the layer's ``position``."""
+    curves: pd.DataFrame
+    """``threshold_curve.csv`` of the runs that have one, with ``run_id``."""
+    history: pd.DataFrame
+    """Per-epoch metrics in long form: run_id, key, step, value."""
+    configs: dict[str, dict[str, Any]]
+    """The typed flat config (``config.json``) of each run."""
+    tracking_uri: str
+
+
+def load_runs(selection: Selection, tracking_uri: str) -> RunSet:
+    """Select finished training runs and read their logged tables and curves."""
+    from sparsebench.tracking import make_client
+
+    client = make_client(tracking_uri)
+    raw = search(client, selection, tracking_uri)
+    runs = tidy(raw)
+    if runs.empty:
+        raise NoMatchingRunsError(
+            f"no finished training runs match ({selection.describe()}); nothing written. Check the "
+            f"flags, or look at the store with: mlflow ui --backend-store-uri {tracking_uri}"
+        )
+    artifacts = ArtifactReader(client)
+    layers, curves, configs = [], [], {}
+    for run_id in runs.run_id:
+        table = artifacts.csv(run_id, "per_layer.csv")
+        if table is not None:
+            layers.append(table.assign(run_id=run_id, position=range(len(table))))
+        curve = artifacts.csv(run_id, "threshold_curve.csv")
+        if curve is not None:
+            curves.append(curve.assign(run_id=run_id))
+        configs[run_id] = artifacts.json(run_id, "config.json") or {}
+    return RunSet(
+        runs=runs,
+        layers=_concat(layers, ["run_id", "layer", "position", "sparsity"]),
+        curves=_concat(curves, ["run_id", "threshold", "compression", "val_metric", "test_metric"]),
+        history=metric_history(client, list(runs.run_id), HISTORY_KEYS),
+        configs=configs,
+        tracking_uri=tracking_uri,
+    )
+
+
+def search(client: Any, selection: Selection, tracking_uri: str) -> pd.DataFrame:
+    """Finished runs of the selected experiments as MLflow's own pandas frame."""
+    import mlflow
+
+    experiment_ids = _experiment_ids(client, selection.experiments)
+    if experiment_ids == []:
+        return pd.DataFrame()
+    filters = ["attributes.status = 'FINISHED'"]
+    filters += [f"tags.`{key}` = '{_quote(value)}'" for key, value in selection.tags.items()]
+    filters += [f"params.`{key}` = '{_quote(value)}'" for key, value in selection.params.items()]
+    mlflow.set_tracking_uri(tracking_uri)  # search_runs reads the fluent URI; runs are found by id after
+    frame = mlflow.search_runs(
+        experiment_ids=experiment_ids,
+        filter_string=" and ".join(filters),
+        search_all_experiments=experiment_ids is None,
+        output_format="pandas",
+    )
+    if frame.empty:
+        return frame
+    # Training runs are the ones the runner finished: a task tag and a test metric (sweep parents,
+    # report runs and other tools' runs in the same store have neither).
+    frame = frame[_column(frame, "tags.task").notna() & _column(frame, "metrics.test_metric").notna()]
+    if frame.empty:
+        return frame
+    # Task and method names are matched here, not in the filter, so their spelling does not matter.
+    if selection.tasks:
+        wanted = {normalize_name(t) for t in selection.tasks}
+        frame = frame[frame["tags.task"].map(normalize_name).isin(wanted)]
+    if selection.methods:
+        wanted = {normalize_name(m) for m in selection.methods}
+        frame = frame[frame["tags.method"].map(normalize_name).isin(wanted)]
+    if selection.run_ids:
+        frame = frame[frame.run_id.isin(selection.run_ids)]
+    if selection.sweep:
+        parents = sweep_parents(selection.sweep, experiment_ids)
+        frame = frame[_column(frame, "tags.mlflow.parentRunId").isin(parents)]
+    return frame.reset_index(drop=True)
+
+
+def sweep_parents(sweep: str, experiment_ids: list[str] | None) -> set[str]:
+    """Parent run ids of a sweep given by run id, run name or ``sweep`` tag."""
+    import mlflow
+
+    parents = mlflow.search_runs(
+        experiment_ids=experiment_ids,
+        search_all_experiments=experiment_ids is None,
+        output_format="pandas",
+    )
+    if parents.empty:
+        return set()
+    match = parents.run_id == sweep
+    for column in ("tags.mlflow.runName", "tags.sweep"):
+        if column in parents:
+            match |= parents[column] == sweep
+    return set(parents.run_id[match])
+
+
+def tidy(raw: pd.DataFrame) -> pd.DataFrame:
+    """MLflow's wide frame -> one row per run with short column names and a ``setting`` label."""
+    columns = [
+        "run_id",
+        "experiment_id",
+        "run_name",
+        "task",
+        "method",
+        "seed",
+        "setting",
+        "epochs",
+        "start_time",
+    ]
+    if raw.empty:
+        return pd.DataFrame(columns=columns + list(FINAL_METRICS.values()))
+    runs = pd.DataFrame(
+        {
+            "run_id": raw.run_id,
+            "experiment_id": raw.experiment_id,
+            "run_name": _column(raw, "tags.mlflow.runName"),
+            "task": raw["tags.task"],
+            "method": _column(raw, "tags.method").fillna("unknown"),
+            "seed": pd.to_numeric(_column(raw, "params.train.seed"), errors="coerce"),
+            "epochs": pd.to_numeric(_column(raw, "params.train.epochs"), errors="coerce"),
+            "start_time": raw.start_time,
+            "device": _column(raw, "tags.device"),
+            "init_from": _column(raw, "tags.init_from").fillna(""),
+            "parent_run_id": _column(raw, "tags.mlflow.parentRunId").fillna(""),
+            "row": _column(raw, "tags.row"),
+        }
+    )
+    for metric, column in FINAL_METRICS.items():
+        runs[column] = pd.to_numeric(_column(raw, f"metrics.{metric}"), errors="coerce")
+    runs["setting"] = setting_labels(raw)
+    return runs.sort_values(["task", "method", "setting", "seed", "run_id"], kind="stable").reset_index(
+        drop=True
+    )
+
+
+def setting_labels(raw: pd.DataFrame) -> pd.Series:
+    """Name each run's setting by the config values that vary between runs of its task and method.
+
+    Runs that differ only in seed (and in keys that do not change results) share a setting, so
+    their spread is seed variance; anything else (a sweep's trials, a different KL weight) is a
+    separate point on the error-compression plane.
+    """
+    params = [
+        c for c in raw.columns if c.startswith("params.") and c.removeprefix("params.") not in NOT_A_SETTING
+    ]
+    labels = pd.Series("default", index=raw.index, dtype=object)
+    for _, group in raw.groupby(["tags.task", "tags.method"], sort=False):
+        varying = [c for c in params if group[c].fillna("").nunique() > 1]
+        for index, row in group.iterrows():
+            parts = [f"{_short_key(c)}={row[c]}" for c in varying]
+            labels[index] = ", ".join(parts) if parts else "default"
+    return labels
+
+
+def _short_key(column: str) -> str:
+    key = column.removeprefix("params.")
+    return key.removeprefix("method.")
+
+
+class ArtifactReader:
+    """Download small artifacts of runs, remembering which runs lack them."""
+
+    def __init__(self, client: Any) -> None:
+        # One progress bar per small file would bury the report's own messages on stderr.
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        self.client = client
+        self.tmp = tempfile.TemporaryDirectory(prefix="sparsebench-report-")
+        self._listing: dict[str, set[str]] = {}
+
+    def has(self, run_id: str, path: str) -> bool:
+        if run_id not in self._listing:
+            names: set[str] = set()
+            for folder in ("", "model"):
+                # An unreadable artifact store counts as missing files: the report says what it lacks.
+                with contextlib.suppress(Exception):
+                    names |= {a.path for a in self.client.list_artifacts(run_id, folder or None)}
+            self._listing[run_id] = names
+        return path in self._listing[run_id]
+
+    def download(self, run_id: str, path: str) -> Path | None:
+        if not self.has(run_id, path):
+            return None
+        target = Path(self.tmp.name) / run_id
+        target.mkdir(exist_ok=True)
+        return Path(self.client.download_artifacts(run_id, path, str(target)))
+
+    def csv(self, run_id: str, path: str) -> pd.DataFrame | None:
+        local = self.download(run_id, path)
+        return None if local is None else pd.read_csv(local)
+
+    def json(self, run_id: str, path: str) -> dict[str, Any] | None:
+        local = self.download(run_id, path)
+        return None if local is None else json.loads(local.read_text())
+
+
+def load_model(tracking_uri: str, run_id: str) -> dict[str, Any] | None:
+    """The exported model artifact (``{"state_dict", "masks"}``) of a run, or None if it has none."""
+    import torch
+
+    from sparsebench.tracking import make_client
+
+    reader = ArtifactReader(make_client(tracking_uri))  # its temporary folder lives as long as it does
+    local = reader.download(run_id, "model/model.pt")
+    return None if local is None else torch.load(local, map_location="cpu", weights_only=True)
+
+
+def metric_history(client: Any, run_ids: list[str], keys: tuple[str, ...]) -> pd.DataFrame:
+    """Per-epoch values (step = epoch) of ``keys`` for every run, in long form."""
+    rows = []
+    for run_id in run_ids:
+        for key in keys:
+            for m in client.get_metric_history(run_id, key):
+                rows.append((run_id, key, m.step, m.value))
+    return pd.DataFrame(rows, columns=["run_id", "key", "step", "value"])
+
+
+def _experiment_ids(client: Any, names: tuple[str, ...]) -> list[str] | None:
+    """Ids of the named experiments; None means all, [] means none of them exists."""
+    if not names:
+        return None
+    ids = []
+    for name in names:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            print(f"sparsebench report: no experiment named {name!r} in this store", file=sys.stderr)
+        else:
+            ids.append(experiment.experiment_id)
+    return ids
+
+
+def _column(frame: pd.DataFrame, name: str) -> pd.Series:
+    """A column of MLflow's frame, or all-missing when no selected run logged that key."""
+    return frame[name] if name in frame else pd.Series(None, index=frame.index, dtype=object)
+
+
+def _quote(value: str) -> str:
+    return value.replace("'", "\\'")
+
+
+def _concat(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)

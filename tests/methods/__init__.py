@@ -1,0 +1,1 @@
+"""Tests of the built-in method plugins, one module per method."""

@@ -1,0 +1,273 @@
+"""The training loop's promises about interrupted, resumed and failed runs.
+
+Each test drives ``sparsebench run`` in-process and reads the outcome back from MLflow and from
+the checkpoint folder (isolated per test by conftest's ``SPARSEBENCH_CHECKPOINTS``). Test-only
+methods are registered for the duration of a test to make a run fail or be interrupted on cue.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+import torch
+from torch import nn
+
+from sparsebench import checkpoint
+from sparsebench.errors import ConfigError
+from sparsebench.method import SparsityMethod, StepContext
+from tests.conftest import CliResult
+
+STEPS_PER_EPOCH = 10  # (1,200 - 200 validation) / batch 100
+
+
+def client_for(uri: str) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def exported_model(client: Any, run_id: str, tmp: Path) -> dict[str, Any]:
+    local = client.download_artifacts(run_id, "model/model.pt", str(tmp / run_id))
+    return torch.load(local, weights_only=False)
+
+
+def assert_same_model(a: dict[str, Any], b: dict[str, Any]) -> None:
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    assert a["masks"].keys() == b["masks"].keys()
+    for key in a["masks"]:
+        assert torch.equal(a["masks"][key], b["masks"][key]), key
+
+
+def steps_of(client: Any, run_id: str, key: str) -> list[int]:
+    return [m.step for m in client.get_metric_history(run_id, key)]
+
+
+def values_of(client: Any, run_id: str, key: str) -> list[float]:
+    return [m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
+
+
+def run_id_in(err: str) -> str:
+    return re.search(r"(?:--resume|MLflow run) ([0-9a-f]{32})", err).group(1)
+
+
+def half_by_magnitude(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Keep the larger half of each weight tensor (a cheap, deterministic stand-in for a real method)."""
+    masks = {}
+    for path, m in model.named_modules():
+        if isinstance(m, nn.Linear):
+            w = m.weight.detach().abs()
+            masks[path] = w > w.flatten().median()
+    return masks
+
+
+class NaNInSecondEpoch(SparsityMethod):
+    """The loss turns NaN during epoch 2, after epoch 1 has been checkpointed."""
+
+    description = "test only"
+
+    def regularizer(self, model: nn.Module, ctx: StepContext) -> torch.Tensor | None:
+        return torch.tensor(math.nan) if ctx.epoch == 1 else None
+
+    def masks(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        return half_by_magnitude(model)
+
+
+class CtrlC(SparsityMethod):
+    """Raises KeyboardInterrupt (as Ctrl-C would) after the optimiser step numbered ``at``, once."""
+
+    description = "test only"
+    at: ClassVar[int | None] = None
+
+    def on_step_end(self, model: nn.Module, ctx: StepContext) -> None:
+        if ctx.step == CtrlC.at:
+            CtrlC.at = None
+            raise KeyboardInterrupt
+
+    def masks(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        return half_by_magnitude(model)
+
+
+@pytest.fixture()
+def no_curve(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Skip Sparse VD's post-hoc threshold curve (checked in test_cli); it would triple these tests' time."""
+    from sparsebench.methods.sparse_vd import SparseVD
+
+    monkeypatch.setattr(SparseVD, "curve_thresholds", lambda self: ())
+
+
+@pytest.mark.usefixtures("no_curve")
+def test_stop_then_resume_equals_an_uninterrupted_run(
+    mnist_dir: Path, quick_tracking_uri: str, tmp_path: Path, run_cli: Callable[..., CliResult]
+) -> None:
+    # KL warm-up over epochs 0-2, so the resumed epochs depend on restoring the epoch counter too.
+    train = ["--method", "sparsevd", "--task", "lenet300_100", "--set", "train.epochs=3",
+             "--set", "train.val_size=200", "--set", "method.kl_warmup_start=0",
+             "--set", "method.kl_warmup_epochs=2"]  # fmt: skip
+    common = ["--data-dir", mnist_dir, "--tracking-uri", quick_tracking_uri, "--no-progress"]
+    client = client_for(quick_tracking_uri)
+
+    paused = run_cli("run", *train, *common, "--stop-after", "1")
+    assert paused.code == 0 and paused.out == ""
+    run_id = run_id_in(paused.err)
+    assert f"continue with: sparsebench run --resume {run_id}" in paused.err
+    paused_run = client.get_run(run_id)
+    assert paused_run.info.status == "KILLED" and paused_run.data.tags["state"] == "paused"
+    assert steps_of(client, run_id, "val_metric") == [1]
+    assert torch.load(checkpoint.checkpoint_path(run_id), weights_only=False)["epoch"] == 1
+
+    resumed = run_cli("run", "--resume", run_id, *common)
+    assert resumed.code == 0, resumed.err
+    assert resumed.out.splitlines()[-1].startswith("lenet300_100 sparse_vd ")
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert sorted(steps_of(client, run_id, "val_metric")) == [1, 2, 3]
+    assert sorted(steps_of(client, run_id, "kl")) == [1, 2, 3]
+
+    full = run_cli("run", *train, *common)
+    assert full.code == 0, full.err
+    full_id = run_id_in(full.err)
+    assert full_id != run_id
+    experiment = client.get_experiment_by_name("sparsebench").experiment_id
+    assert {r.info.run_id for r in client.search_runs([experiment])} == {run_id, full_id}
+
+    assert_same_model(exported_model(client, run_id, tmp_path), exported_model(client, full_id, tmp_path))
+    for key in ("val_metric", "train_loss", "regularizer", "sparsity"):
+        assert values_of(client, run_id, key) == values_of(client, full_id, key), key
+    assert values_of(client, run_id, "regularizer")[0] == 0.0 < values_of(client, run_id, "regularizer")[1]
+    assert run.data.tags["row"] == client.get_run(full_id).data.tags["row"]
+
+
+def test_diverged_loss_fails_the_run_and_keeps_the_checkpoint(
+    mnist_dir: Path,
+    quick_tracking_uri: str,
+    run_cli: Callable[..., CliResult],
+    temporary_method: Callable[[str, type], type],
+) -> None:
+    temporary_method("test_nan_in_second_epoch", NaNInSecondEpoch)
+    result = run_cli("run", "--method", "test_nan_in_second_epoch", "--task", "lenet300_100",
+                     "--data-dir", mnist_dir, "--tracking-uri", quick_tracking_uri, "--no-progress",
+                     "--set", "train.epochs=3", "--set", "train.val_size=200")  # fmt: skip
+    assert result.code == 2
+    assert len(result.err.splitlines()) == 1, result.err
+    # The check runs at the end of the epoch: step 20 is the last of epoch 2.
+    assert result.err.startswith(
+        f"sparsebench: error: loss became nan in epoch 2, step {2 * STEPS_PER_EPOCH};"
+    )
+    run_id = run_id_in(result.err.replace("(run ", "MLflow run "))
+    run = client_for(quick_tracking_uri).get_run(run_id)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["failure"] == "loss diverged"
+    assert steps_of(client_for(quick_tracking_uri), run_id, "val_metric") == [1]
+    saved = torch.load(checkpoint.checkpoint_path(run_id), weights_only=False)
+    assert saved["epoch"] == 1 and saved["step"] == STEPS_PER_EPOCH
+    assert all(torch.isfinite(v).all() for v in saved["model"].values())  # the last good weights
+
+
+def test_ctrl_c_kills_the_run_keeps_the_checkpoint_and_resumes(
+    mnist_dir: Path,
+    quick_tracking_uri: str,
+    tmp_path: Path,
+    run_cli: Callable[..., CliResult],
+    temporary_method: Callable[[str, type], type],
+) -> None:
+    temporary_method("test_ctrl_c", CtrlC)
+    train = ["--method", "test_ctrl_c", "--task", "lenet300_100", "--set", "train.epochs=2",
+             "--set", "train.val_size=200"]  # fmt: skip
+    common = ["--data-dir", mnist_dir, "--tracking-uri", quick_tracking_uri, "--no-progress"]
+    client = client_for(quick_tracking_uri)
+
+    CtrlC.at = STEPS_PER_EPOCH + 3  # the 4th step of epoch 2
+    interrupted = run_cli("run", *train, *common)
+    assert interrupted.code == 130
+    assert interrupted.out == ""
+    assert "interrupted in epoch 2" in interrupted.err
+    run_id = run_id_in(interrupted.err)
+    run = client.get_run(run_id)
+    assert run.info.status == "KILLED" and run.data.tags["state"] == "interrupted"
+    assert steps_of(client, run_id, "val_metric") == [1]
+    assert torch.load(checkpoint.checkpoint_path(run_id), weights_only=False)["epoch"] == 1
+
+    # The half-done epoch 2 is thrown away and redone from the checkpoint, so nothing of it leaks.
+    resumed = run_cli("run", "--resume", run_id, *common)
+    assert resumed.code == 0, resumed.err
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert sorted(steps_of(client, run_id, "val_metric")) == [1, 2]
+    full = run_cli("run", *train, *common)
+    assert full.code == 0, full.err
+    full_id = run_id_in(full.err)
+    assert_same_model(exported_model(client, run_id, tmp_path), exported_model(client, full_id, tmp_path))
+    assert client.get_run(run_id).data.metrics["compression"] == pytest.approx(2.0)
+
+
+class FailsInFinish(SparsityMethod):
+    """Trains normally, then raises ``error`` from ``calibrate`` (the first hook after training)."""
+
+    description = "test only"
+    error: ClassVar[BaseException] = RuntimeError("bug in a plugin")
+
+    def calibrate(self, model: nn.Module, validate: Callable[[nn.Module], float]) -> dict[str, float]:
+        raise FailsInFinish.error
+
+    def masks(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        return half_by_magnitude(model)
+
+
+@pytest.mark.parametrize(
+    "error, code, status",
+    [(KeyboardInterrupt(), 130, "KILLED"), (ConfigError("bad calibration"), 2, "FAILED"),
+     (RuntimeError("bug in a plugin"), None, "FAILED")],
+    ids=["ctrl-c", "user-error", "bug"],
+)  # fmt: skip
+def test_failure_after_training_still_closes_the_run(
+    error: BaseException,
+    code: int | None,
+    status: str,
+    mnist_dir: Path,
+    quick_tracking_uri: str,
+    run_cli: Callable[..., CliResult],
+    temporary_method: Callable[[str, type], type],
+) -> None:
+    temporary_method("test_fails_in_finish", FailsInFinish)
+    FailsInFinish.error = error
+    argv = ["run", "--method", "test_fails_in_finish", "--task", "lenet300_100", "--data-dir", mnist_dir,
+            "--tracking-uri", quick_tracking_uri, "--no-progress", "--set", "train.epochs=1",
+            "--set", "train.val_size=200"]  # fmt: skip
+    try:
+        result = run_cli(*argv)
+        escaped: BaseException | None = None
+    except BaseException as exc:  # noqa: BLE001 - a KeyboardInterrupt escaping must not stop pytest
+        result, escaped = None, exc
+    if code is None:
+        assert isinstance(escaped, RuntimeError)  # a bug keeps its traceback
+    else:
+        assert escaped is None, f"{type(escaped).__name__} escaped main()"
+        assert result.code == code
+    client = client_for(quick_tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("sparsebench").experiment_id])
+    assert run.info.status == status
+    assert checkpoint.checkpoint_path(run.info.run_id).is_file()
+
+
+def test_resuming_a_finished_run_is_refused(
+    mnist_dir: Path,
+    quick_tracking_uri: str,
+    run_cli: Callable[..., CliResult],
+    temporary_method: Callable[[str, type], type],
+) -> None:
+    temporary_method("test_ctrl_c", CtrlC)
+    CtrlC.at = None
+    common = ["--data-dir", mnist_dir, "--tracking-uri", quick_tracking_uri, "--no-progress"]
+    done = run_cli("run", "--method", "test_ctrl_c", "--task", "lenet300_100", "--set", "train.epochs=1",
+                   "--set", "train.val_size=200", *common)  # fmt: skip
+    assert done.code == 0
+    run_id = run_id_in(done.err)
+    again = run_cli("run", "--resume", run_id, *common)
+    assert len(client_for(quick_tracking_uri).get_metric_history(run_id, "test_metric")) == 1
+    assert again.code == 2 and "already finished" in again.err
