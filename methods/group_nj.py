@@ -1,0 +1,90 @@
+"""Group Normal-Jeffreys, "BC-GNJ" (Louizos, Ullrich, Welling, NIPS 2017, arXiv 1705.08665).
+
+Rule: every group (an input neuron of a Linear layer, an output filter of a Conv2d layer) has a
+scale z ~ q(z) = N(mu_z, sigma_z^2) under a log-uniform (Jeffreys) prior, and its weights given z
+have prior N(0, z^2); a group is removed when log alpha_z = log sigma_z^2 - log mu_z^2 reaches
+its layer's threshold, which also removes the matching rows/columns of the neighbouring layers.
+Specified in docs/methods.md section 4; the layers, chain and export live in ``_group.py``.
+
+Thresholds: given per layer (``method.thresholds``, bc's example uses -2.8, -3, -5), or chosen
+after training as the midpoint between the two component means of a 2-Gaussian fit to each
+layer's log alpha_z (section 4.6); a layer whose scores have a single mode gets
+``fallback_threshold``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from sparsebench.config import TrainConfig, option
+from sparsebench.kl import sparse_vd_kl
+from sparsebench.registry import register_method
+
+from ._group import INIT_LOGVAR, INIT_STD, GroupConfig, GroupMethod, GroupScale
+
+EPS_MU = 1e-8
+"""bc ``get_log_dropout_rates``: log alpha_z = log sigma_z^2 - log(mu_z^2 + 1e-8); no clamp."""
+
+
+class NJScale(GroupScale):
+    """q(z) = N(mu_z, sigma_z^2) per group, under the log-uniform prior p(z) ~ 1/|z|."""
+
+    def __init__(self, num_groups: int) -> None:
+        super().__init__()
+        self.z_mu = nn.Parameter(torch.empty(num_groups).normal_(1.0, 1e-2))
+        self.z_logvar = nn.Parameter(torch.empty(num_groups).normal_(INIT_LOGVAR, INIT_STD))
+
+    def log_alpha(self) -> torch.Tensor:
+        return self.z_logvar - torch.log(self.z_mu * self.z_mu + EPS_MU)
+
+    def sample(self, batch: int) -> torch.Tensor:
+        eps = torch.randn(batch, self.z_mu.shape[0], device=self.z_mu.device, dtype=self.z_mu.dtype)
+        return self.z_mu + torch.exp(0.5 * self.z_logvar) * eps
+
+    def mean(self) -> torch.Tensor:
+        return self.z_mu
+
+    def variance(self) -> torch.Tensor:
+        return self.z_logvar.exp()
+
+    def kl(self) -> torch.Tensor:
+        # The same approximation as Sparse VD (Molchanov et al. Eq. 14), at log alpha_z.
+        return sparse_vd_kl(self.log_alpha()).sum()
+
+    def prune_score(self) -> torch.Tensor:
+        return self.log_alpha()
+
+
+@dataclass
+class GroupNJConfig(GroupConfig):
+    fallback_threshold: float = option(
+        -3.0, "log alpha_z threshold of a layer whose scores have one mode (bc's example: -2.8 to -5)"
+    )
+
+
+@register_method("group_nj")
+class GroupNJ(GroupMethod):
+    description = "Bayesian Compression, group Normal-Jeffreys: prune neurons/filters by group log alpha"
+    paper = "Louizos, Ullrich, Welling. Bayesian Compression for Deep Learning. NIPS 2017"
+    Config = GroupNJConfig
+
+    def make_scale(self, num_groups: int) -> GroupScale:
+        return NJScale(num_groups)
+
+    def adjust_recipe(self, task: str, recipe: TrainConfig) -> TrainConfig:
+        return bc_recipe(task, recipe)
+
+
+MNIST_TASKS = ("lenet300_100", "lenet5")
+
+
+def bc_recipe(task: str, recipe: TrainConfig) -> TrainConfig:
+    """bc's optimiser and batch (Adam 1e-3, batch 128, methods.md 4.5) on the MNIST tasks."""
+    if task in MNIST_TASKS:
+        recipe.batch_size = 128
+        recipe.optimizer = "adam"
+        recipe.lr = 1e-3
+    return recipe

@@ -1,0 +1,234 @@
+"""``sparsebench sweep``: tune a method with optuna, and show where a sweep stands.
+
+``python -m sparsebench.cli.sweep_cmd ARGS`` is the same as ``sparsebench sweep ARGS``; the
+workers of ``--workers N`` are started that way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from typing import Any
+
+EXAMPLES = """examples:
+  sparsebench sweep sweeps/sparse_vd_lenet300_100.yaml
+  sparsebench sweep sweeps/sparse_vd_lenet300_100.yaml --workers 2
+  sparsebench sweep --method sparse_vd --task lenet5 --n-trials 30 --epochs 20
+  sparsebench sweep sweeps/sparse_vd_lenet5.yaml --storage postgresql+psycopg2://user:pw@db-host/sweeps
+  sparsebench sweep status sweeps/sparse_vd_lenet300_100.yaml
+
+Running the same command again resumes the study; completed trials are never repeated. The same
+command on several machines with one PostgreSQL --storage joins them into one study.
+"""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sweep",
+        help="tune a method with optuna (sweep SPEC | sweep status SPEC)",
+        description="Create or resume an optuna study from a sweep spec; every trial is an MLflow run.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("target", nargs="*", metavar="[status] SPEC", help="a sweep spec (sweeps/*.yaml)")
+    p.add_argument("--method", help="sweep this method's own search space (no spec file needed)")
+    p.add_argument("--task", help="task for --method")
+    p.add_argument("--n-trials", type=int, help="number of trials (overrides the spec)")
+    p.add_argument("--epochs", type=int, help="epochs per trial (overrides the spec's budget.epochs)")
+    p.add_argument("--storage", help="optuna storage: a journal file path or an SQLAlchemy URL (PostgreSQL)")
+    p.add_argument("--study", help="study name (default: the spec's, else METHOD-TASK)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fix a config field for every trial, e.g. train.val_size=1000 (repeatable)",
+    )
+    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine (one per GPU)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    p.add_argument(
+        "--data-dir", help="dataset root (default: $SPARSEBENCH_DATA, else ~/.cache/sparsebench/data)"
+    )
+    p.add_argument(
+        "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlruns)"
+    )
+    p.add_argument("--experiment", default="sparsebench", help="MLflow experiment name")
+    p.add_argument("--json", action="store_true", help="status: print JSON")
+    p.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    p.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    from sparsebench.errors import ConfigError
+
+    status = bool(args.target) and args.target[0] == "status"
+    files = args.target[1:] if status else args.target
+    if len(files) > 1:
+        raise ConfigError(f"sweep takes one spec file, got {len(files)}: {' '.join(files)}")
+    if files and (args.method or args.task):
+        raise ConfigError("give a spec file or --method/--task, not both")
+    if not files and not (args.method and args.task):
+        raise ConfigError("sweep needs a spec file (see sweeps/) or --method and --task")
+    spec = _spec(args, files[0] if files else None)
+    from sparsebench.sweep import SweepEnv
+
+    env = SweepEnv(args.tracking_uri, args.experiment, args.data_dir, args.device)
+    if status:
+        return show_status(spec, env, args.json)
+    return run(spec, env, args)
+
+
+def _spec(args: argparse.Namespace, path: str | None) -> Any:
+    """The spec with the command line's changes, validated again as a whole."""
+    from sparsebench.config import parse_assignment
+    from sparsebench.errors import ConfigError
+    from sparsebench.sweep_spec import default_spec, load_spec, spec_from_dict
+
+    spec = load_spec(path) if path else default_spec(args.method, args.task)
+    data = spec.to_dict()
+    if args.n_trials is not None:
+        data["n_trials"] = args.n_trials
+    if args.epochs is not None:
+        data["budget"]["epochs"] = args.epochs
+    for key in ("storage", "study"):
+        if getattr(args, key):
+            data[key] = getattr(args, key)
+    data["fixed"].update(parse_assignment(text) for text in args.overrides)
+    try:
+        return spec_from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path or 'sweep'} with the command-line options: {exc}") from exc
+
+
+def run(spec: Any, env: Any, args: argparse.Namespace) -> int:
+    from sparsebench.sweep import run_sweep, run_worker
+
+    try:
+        if args.worker_index is not None:
+            run_worker(spec, env, args.worker_index)
+            return 0
+        _, codes = run_sweep(spec, env, args.workers)
+    except KeyboardInterrupt:
+        print("\nsweep interrupted; run the same command again to continue it", file=sys.stderr)
+        return 130
+    if any(codes):
+        print(f"sparsebench: worker exit codes {codes}; see their messages above", file=sys.stderr)
+    show_status(spec, env, as_json=False)
+    return max(codes, default=0)
+
+
+def show_status(spec: Any, env: Any, as_json: bool) -> int:
+    """Trial counts, the selected trials (by validation only) and where to look further."""
+    report = status_report(spec, env)
+    if as_json:
+        print(json.dumps(report, indent=2, default=str))
+        return 0
+    c = report["counts"]
+    print(f"study {report['study']} ({report['task']} / {report['method']}) in {report['storage']}")
+    print(
+        f"trials: {c['complete']} done, {c['running']} running, {c['waiting']} queued, {c['pruned']} pruned, "
+        f"{c['failed']} failed (diverged), {c['lost']} lost (re-run or retried) of {report['n_trials']}"
+    )
+    title = "Pareto front" if len(report["objectives"]) > 1 else "best trials"
+    print(f"{title} (chosen on validation; the test column is reported, never used to choose):")
+    rows = report["best"]
+    if not rows:
+        print("  (no completed trial yet)")
+    else:
+        print(_table(rows, report["objectives"]))
+    for trial in report["failures"]:
+        print(f"  trial {trial['number']} failed: {trial['reason']}")
+    if report["trials_per_hour"]:
+        print(f"throughput: {report['trials_per_hour']:.1f} trials/hour (first start to last finish)")
+    print(f"\noptuna dashboard: {report['dashboard']}")
+    print(f"MLflow UI:        {report['mlflow_ui']}")
+    return 0
+
+
+def status_report(spec: Any, env: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    from sparsebench.sweep import (
+        best_trials,
+        find_parent_run,
+        load_existing_study,
+        masked,
+        progress,
+        storage_url,
+    )
+
+    study = load_existing_study(spec)
+    names = [o.metric for o in spec.objectives]
+    best = []
+    for t in best_trials(study):
+        best.append(
+            {
+                "number": t.number,
+                **dict(zip(names, t.values, strict=True)),
+                "val_metric": t.user_attrs.get("val_metric", math.nan),
+                "test_metric": t.user_attrs.get("test_metric", math.nan),
+                "params": t.params,
+                "mlflow_run_id": t.user_attrs.get("mlflow_run_id"),
+            }
+        )
+    failures = [
+        {"number": t.number, "reason": t.user_attrs["failure"]}
+        for t in study.get_trials(deepcopy=False)
+        if "failure" in t.user_attrs
+    ]
+    url = storage_url(spec)
+    return {
+        "study": spec.study,
+        "task": spec.task,
+        "method": spec.method,
+        "storage": masked(url),
+        "n_trials": spec.n_trials,
+        "objectives": [f"{o.direction} {o.metric}" for o in spec.objectives],
+        "counts": asdict(progress(study)),
+        "trials_per_hour": _throughput(study),
+        "best": best,
+        "failures": failures,
+        "mlflow_parent_run_id": find_parent_run(spec, env),
+        "dashboard": f"optuna-dashboard {url}",
+        "mlflow_ui": f"mlflow ui --backend-store-uri {env.mlflow_uri}",
+    }
+
+
+def _throughput(study: Any) -> float | None:
+    """Finished trials per hour of wall time, first start to last finish (all workers together)."""
+    done = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished() and t.datetime_complete]
+    if not done:
+        return None
+    start = min(t.datetime_start for t in done if t.datetime_start)
+    hours = (max(t.datetime_complete for t in done) - start).total_seconds() / 3600
+    return len(done) / hours if hours > 0 else None
+
+
+def _table(rows: list[dict[str, Any]], objectives: list[str]) -> str:
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        [{k: v for k, v in row.items() if k != "params"} | row["params"] for row in rows]
+    ).rename(columns={"number": "trial", "val_metric": "val", "test_metric": "test (reported)"})
+    return frame.to_string(index=False, float_format=lambda v: f"{v:.4g}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``sparsebench sweep`` as its own program (how ``--workers`` starts its processes)."""
+    from sparsebench.errors import SparsebenchError
+
+    parser = argparse.ArgumentParser(prog="sparsebench")
+    add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["sweep", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return int(args.handler(args) or 0)
+    except SparsebenchError as exc:
+        print(f"sparsebench: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
