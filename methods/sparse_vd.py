@@ -29,11 +29,15 @@ EPS_THETA = 1e-8
 @dataclass
 class SparseVDConfig:
     threshold: float = option(3.0, "prune weights with log alpha >= threshold")
-    init_log_sigma2: float = option(-10.0, "initial log sigma^2 (ars: -10 from scratch, -15 for VGG pretrained)")
+    init_log_sigma2: float = option(
+        -10.0, "initial log sigma^2 (ars: -10 from scratch, -15 for VGG pretrained)"
+    )
     kl_warmup_start: int = option(5, "epochs with KL weight 0 before the warm-up ramp")
     kl_warmup_epochs: int = option(15, "epochs of the linear KL warm-up ramp (0 = jump to 1)")
     kl_weight: float = option(1.0, "extra multiplier of KL/N (1 = the ELBO)")
-    train_mask: bool = option(True, "zero weights above the threshold in the training forward too (ars LeNets)")
+    train_mask: bool = option(
+        True, "zero weights above the threshold in the training forward too (ars LeNets)"
+    )
     variance_from: Literal["clamped_alpha", "sigma2"] = option(
         "clamped_alpha", "training variance from clamped alpha * theta^2 (ars) or from exp(log sigma^2)"
     )

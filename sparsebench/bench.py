@@ -41,8 +41,16 @@ def _timed(totals: dict[str, float], phase: str, device: torch.device, enabled: 
     totals[phase] += time.perf_counter() - start
 
 
-def bench_pair(task_name: str, method_name: str, device: torch.device, steps: int, warmup: int,
-               num_train: int, compile_kernels: bool, breakdown: bool) -> dict[str, Any]:
+def bench_pair(
+    task_name: str,
+    method_name: str,
+    device: torch.device,
+    steps: int,
+    warmup: int,
+    num_train: int,
+    compile_kernels: bool,
+    breakdown: bool,
+) -> dict[str, Any]:
     """Time ``steps`` optimiser steps of one method on one task with its default recipe."""
     task = TASKS.get(task_name)()
     method = METHODS.get(method_name)()
@@ -67,7 +75,9 @@ def bench_pair(task_name: str, method_name: str, device: torch.device, steps: in
         _sync(device)
         start = time.perf_counter()
         for i in range(n):
-            ctx = StepContext(epoch, epoch * steps_per_epoch + i, steps_per_epoch, recipe.epochs, num_train, optimizer)
+            ctx = StepContext(
+                epoch, epoch * steps_per_epoch + i, steps_per_epoch, recipe.epochs, num_train, optimizer
+            )
             timed = measure and breakdown
             with _timed(totals, "data", device, timed):
                 try:
@@ -110,8 +120,16 @@ def bench_pair(task_name: str, method_name: str, device: torch.device, steps: in
     return row
 
 
-def bench(tasks: list[str], methods: list[str], device: torch.device, steps: int = 200, warmup: int = 20,
-          num_train: int = 55_000, compile_kernels: bool = True, breakdown: bool = True) -> pd.DataFrame:
+def bench(
+    tasks: list[str],
+    methods: list[str],
+    device: torch.device,
+    steps: int = 200,
+    warmup: int = 20,
+    num_train: int = 55_000,
+    compile_kernels: bool = True,
+    breakdown: bool = True,
+) -> pd.DataFrame:
     """All pairs, plus each method's time relative to ``dense`` on the same task."""
     rows = []
     for task in tasks:
@@ -119,7 +137,9 @@ def bench(tasks: list[str], methods: list[str], device: torch.device, steps: int
             # The breakdown adds synchronisation, so the headline numbers come from a clean pass.
             row = bench_pair(task, method, device, steps, warmup, num_train, compile_kernels, breakdown=False)
             if breakdown:
-                detail = bench_pair(task, method, device, max(20, steps // 4), 5, num_train, compile_kernels, True)
+                detail = bench_pair(
+                    task, method, device, max(20, steps // 4), 5, num_train, compile_kernels, True
+                )
                 row.update({k: v for k, v in detail.items() if k.startswith("%")})
             rows.append(row)
     table = pd.DataFrame(rows)

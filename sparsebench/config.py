@@ -92,9 +92,7 @@ def apply_overrides(sections: dict[str, Any], overrides: dict[str, Any]) -> None
         config = sections[section]
         names = {f.name: f for f in dataclasses.fields(config)}
         if name not in names:
-            raise ConfigError(
-                f"unknown config key {key!r}; {section} fields are: {', '.join(names)}"
-            )
+            raise ConfigError(f"unknown config key {key!r}; {section} fields are: {', '.join(names)}")
         hints = typing.get_type_hints(type(config))
         setattr(config, name, coerce(key, raw, hints[name]))
 

@@ -8,7 +8,8 @@ from torch.nn import functional as F
 # Molchanov et al. 2017, Eq. 14: -KL ~ k1*sigmoid(k2 + k3*log_alpha) - 0.5*log(1 + 1/alpha) - k1.
 K1, K2, K3 = 0.63576, 1.87320, 1.48695
 
-# Kingma et al. 2015, Sec. 3.3: -KL ~ const + 0.5*log(alpha) + c1*alpha + c2*alpha^2 + c3*alpha^3 (alpha <= 1).
+# Kingma et al. 2015, Sec. 3.3 (valid for alpha <= 1):
+# -KL ~ const + 0.5*log(alpha) + c1*alpha + c2*alpha^2 + c3*alpha^3.
 C1, C2, C3 = 1.16145124, -1.50204118, 0.58629921
 
 
@@ -19,9 +20,11 @@ def sparse_vd_kl(log_alpha: torch.Tensor) -> torch.Tensor:
 
 def sparse_vd_kl_sum(log_alpha: torch.Tensor) -> torch.Tensor:
     """Sum of ``sparse_vd_kl`` with the constant hoisted out: one fewer pass over the weights."""
-    return K1 * log_alpha.numel() - K1 * torch.sigmoid(K2 + K3 * log_alpha).sum() + 0.5 * F.softplus(
-        -log_alpha
-    ).sum()
+    return (
+        K1 * log_alpha.numel()
+        - K1 * torch.sigmoid(K2 + K3 * log_alpha).sum()
+        + 0.5 * F.softplus(-log_alpha).sum()
+    )
 
 
 def kingma_neg_kl(alpha: torch.Tensor) -> torch.Tensor:

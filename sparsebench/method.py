@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -120,9 +120,13 @@ class SparsityMethod(ABC):
 
     def not_applicable(self, model: nn.Module) -> str | None:
         """Why this method cannot sparsify ``model``, or None when it can."""
-        weighted = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d, nn.LSTM, nn.Embedding))]
+        weighted = [
+            m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d, nn.LSTM, nn.Embedding))
+        ]
         unknown = [type(m).__name__ for m in weighted if not isinstance(m, self.layer_types)]
         if unknown:
             names = ", ".join(sorted(set(unknown)))
-            return f"{self.name} handles {', '.join(t.__name__ for t in self.layer_types)} layers, not {names}"
+            return (
+                f"{self.name} handles {', '.join(t.__name__ for t in self.layer_types)} layers, not {names}"
+            )
         return None

@@ -110,7 +110,9 @@ def layer_table(model: nn.Module, example: torch.Tensor, order: list[str] | None
             LayerStats(
                 layer=path,
                 kind=type(m).__name__,
-                shape="x".join(str(s) for s in tensors[0].shape) if len(tensors) == 1 else f"{len(tensors)} tensors",
+                shape="x".join(str(s) for s in tensors[0].shape)
+                if len(tensors) == 1
+                else f"{len(tensors)} tensors",
                 weights=total,
                 nonzeros=nonzero,
                 sparsity=100.0 * (total - nonzero) / total,
@@ -190,7 +192,9 @@ def format_compression(value: float) -> str:
     return f"{value:.0f}x" if value >= 100 else f"{value:.1f}x"
 
 
-def paper_row(task: str, method: str, error: float, table: pd.DataFrame, summary: Summary, unit: str = "%") -> str:
+def paper_row(
+    task: str, method: str, error: float, table: pd.DataFrame, summary: Summary, unit: str = "%"
+) -> str:
     """The papers' one-line format, e.g. ``lenet5 sparse_vd 0.75% 67-98-99.8-95 280x``."""
     sparsity = "-".join(f"{s:.1f}" for s in table.sparsity)
     value = f"{error:.2f}{unit}" if unit == "%" else f"{error:.2f} {unit}"

@@ -26,10 +26,11 @@ from sparsebench.data.paths import data_root
 from sparsebench.errors import ConfigError, RunNotFoundError, TrainingDivergedError
 from sparsebench.method import SparsityMethod, StepContext
 from sparsebench.metrics import check_export, layer_table, paper_row, summarize
+from sparsebench.precision import layer_weights, precision_report, round_model
 from sparsebench.registry import METHODS, TASKS
+from sparsebench.structured import structured_metrics
 from sparsebench.task import Batches, Task
 from sparsebench.tracking import EXPERIMENT, Tracker, environment
-
 
 COMPILE_MIN_STEPS = 5000
 """Below this many steps, compiling (seconds per layer shape) costs more than it saves."""
@@ -121,7 +122,9 @@ def lr_factor(cfg: TrainConfig, epoch: int, step: int) -> float:
         return (1.0 + 1e-4 * step) ** -0.75
     if cfg.lr_schedule == "step":
         return cfg.lr_decay ** (e // cfg.lr_step)
-    if cfg.lr_schedule == "exponential_after":  # Zaremba: constant for lr_step epochs, then x lr_decay per epoch
+    if (
+        cfg.lr_schedule == "exponential_after"
+    ):  # Zaremba: constant for lr_step epochs, then x lr_decay per epoch
         return cfg.lr_decay ** max(0, e + 1 - cfg.lr_step)
     raise ConfigError(f"unknown train.lr_schedule {cfg.lr_schedule!r}")
 
@@ -167,7 +170,9 @@ def load_init(model: nn.Module, run_id: str, tracking_uri: str | None) -> None:
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise ConfigError(f"--init-from {run_id}: its model does not fit this task ({str(exc).splitlines()[0]})") from exc
+        raise ConfigError(
+            f"--init-from {run_id}: its model does not fit this task ({str(exc).splitlines()[0]})"
+        ) from exc
 
 
 def train(request: RunRequest) -> RunResult:
@@ -214,7 +219,9 @@ def train(request: RunRequest) -> RunResult:
     tracker.set_tags({"checkpoint": str(ckpt_path.absolute())})
 
     steps_per_epoch = splits.train.num_batches(cfg.batch_size, drop_last=True)
-    if cfg.compile == "always" or (cfg.compile == "auto" and cfg.epochs * steps_per_epoch >= COMPILE_MIN_STEPS):
+    if cfg.compile == "always" or (
+        cfg.compile == "auto" and cfg.epochs * steps_per_epoch >= COMPILE_MIN_STEPS
+    ):
         method.enable_compile(model)
     progress = _progress(request.progress, cfg.epochs * steps_per_epoch, step, f"{task.name} {method.name}")
     epoch = start_epoch
@@ -227,7 +234,9 @@ def train(request: RunRequest) -> RunResult:
             reg_value = 0.0
             task.on_pass_start(model, training=True)
             for i, (x, y) in enumerate(splits.train.iterate(cfg.batch_size, True, generator, drop_last=True)):
-                ctx = StepContext(epoch, step, steps_per_epoch, cfg.epochs, splits.train.num_examples, optimizer)
+                ctx = StepContext(
+                    epoch, step, steps_per_epoch, cfg.epochs, splits.train.num_examples, optimizer
+                )
                 for group in optimizer.param_groups:
                     group["lr"] = cfg.lr * lr_factor(cfg, epoch, step)
                 x = task.train_transform(x, generator)
@@ -246,7 +255,11 @@ def train(request: RunRequest) -> RunResult:
                 if (i + 1) % 50 == 0 or i + 1 == steps_per_epoch:
                     mean_loss = float(loss_sum) / (i + 1)  # one device sync every 50 steps
                     if not math.isfinite(mean_loss):
-                        kept = f"checkpoint of epoch {epoch} kept" if epoch > start_epoch or ckpt else "no epoch finished"
+                        kept = (
+                            f"checkpoint of epoch {epoch} kept"
+                            if epoch > start_epoch or ckpt
+                            else "no epoch finished"
+                        )
                         raise TrainingDivergedError(
                             f"loss became {mean_loss} in epoch {epoch + 1}, step {step}; lower train.lr "
                             f"or lengthen the KL warm-up (run {tracker.run_id} marked FAILED, {kept})"
@@ -292,7 +305,8 @@ def train(request: RunRequest) -> RunResult:
                 tracker.finish("KILLED")
                 _close(progress)
                 print(
-                    f"stopped after epoch {epoch + 1}; continue with: sparsebench run --resume {tracker.run_id}",
+                    f"stopped after epoch {epoch + 1}; continue with: "
+                    f"sparsebench run --resume {tracker.run_id}",
                     file=sys.stderr,
                 )
                 return RunResult(tracker.run_id, "PAUSED")
@@ -335,6 +349,8 @@ def finish(plan: Plan, model: nn.Module, splits: Any, tracker: Tracker, device: 
     test = evaluate(task, exported, splits.test, cfg.eval_batch_size)
     row = paper_row(task.name, method.name, test, table, summary, task.metric.unit)
     final = {"final_val_metric": val, "test_metric": test, "peak_memory_mb": peak_memory_mb(device)}
+    final.update(structured_metrics(exported, task.layer_order(exported)))
+    final.update(precision_metrics(plan, model, exported, masks, splits))
     tracker.log_metrics({**final, **summary.as_metrics()}, step=cfg.epochs)
     with tempfile.TemporaryDirectory() as tmp:
         tmpdir = Path(tmp)
@@ -356,6 +372,28 @@ def finish(plan: Plan, model: nn.Module, splits: Any, tracker: Tracker, device: 
     tracker.set_tags({"row": row})
     tracker.finish("FINISHED")
     return RunResult(tracker.run_id, "FINISHED", val, test, summary.as_metrics(), row, table)
+
+
+def precision_metrics(plan: Plan, model: nn.Module, exported: nn.Module, masks: dict, splits: Any) -> dict:
+    """Bit-precision compression and the error of the rounded model, for methods with posteriors.
+
+    Only methods that expose ``posterior_variances(model)`` (the Bayesian-compression family)
+    have the per-weight variances the bit computation needs (methods.md section 4.7).
+    """
+    variances_of = getattr(plan.method, "posterior_variances", None)
+    if variances_of is None:
+        return {}
+    variances = variances_of(model)
+    try:
+        report = precision_report(layer_weights(exported, list(variances)), variances, masks)
+    except ValueError as exc:  # e.g. every kept weight below 0.5: the exponent formula is undefined
+        print(f"sparsebench: no precision-reduced compression for this run: {exc}", file=sys.stderr)
+        return {}
+    rounded = round_model(exported, report.significand_bits)
+    return {
+        **report.as_metrics(),
+        "test_metric_precision": evaluate(plan.task, rounded, splits.test, plan.train.eval_batch_size),
+    }
 
 
 def threshold_curve(plan: Plan, model: nn.Module, splits: Any, device: torch.device) -> pd.DataFrame | None:

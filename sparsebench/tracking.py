@@ -42,16 +42,25 @@ class Tracker:
         self.run_id = run_id
 
     @classmethod
-    def open(cls, tracking_uri: str | None, experiment: str, run_id: str | None = None,
-             tags: dict[str, str] | None = None, run_name: str | None = None,
-             parent_run_id: str | None = None, resume: bool = False) -> Tracker:
+    def open(
+        cls,
+        tracking_uri: str | None,
+        experiment: str,
+        run_id: str | None = None,
+        tags: dict[str, str] | None = None,
+        run_name: str | None = None,
+        parent_run_id: str | None = None,
+        resume: bool = False,
+    ) -> Tracker:
         """Start a new run (or re-open ``run_id`` to resume it) in ``experiment``."""
         client = make_client(tracking_uri)
         if run_id is not None:
             try:
                 status = client.get_run(run_id).info.status
             except Exception as exc:
-                raise RunNotFoundError(f"no MLflow run {run_id} in {tracking_uri or default_tracking_uri()}") from exc
+                raise RunNotFoundError(
+                    f"no MLflow run {run_id} in {tracking_uri or default_tracking_uri()}"
+                ) from exc
             if resume and status == "FINISHED":
                 raise ConfigError(f"run {run_id} already finished; start a new run instead of resuming it")
             client.update_run(run_id, status="RUNNING")
@@ -66,7 +75,9 @@ class Tracker:
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in params.items()]
+        items = [
+            Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in params.items()
+        ]
         for i in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[i : i + 100])
 

@@ -31,8 +31,12 @@ class LeNet5(MnistTask):
         PaperResult("dns", 0.91, 111.0, ARS, (86.0, 97.0, 99.3, 96.0), note="Guo et al. 2016"),
         PaperResult("sws", 0.97, 200.0, ARS, note="Ullrich et al. 2017"),
         PaperResult("sparse_vd", 0.75, 280.0, ARS, (67.0, 98.0, 99.8, 95.0)),
-        PaperResult("group_nj", 1.0, 108.0, BC, note="structured compression; 361x after precision reduction"),
-        PaperResult("group_hs", 1.0, 156.0, BC, note="structured compression; 419x after precision reduction"),
+        PaperResult(
+            "group_nj", 1.0, 108.0, BC, note="structured compression; 361x after precision reduction"
+        ),
+        PaperResult(
+            "group_hs", 1.0, 156.0, BC, note="structured compression; 419x after precision reduction"
+        ),
     )
 
     def build_model(self) -> nn.Module:

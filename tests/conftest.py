@@ -28,7 +28,9 @@ def write_idx(path: Path, array: np.ndarray, magic: int, compress: bool) -> None
         path.write_bytes(data)
 
 
-def make_mnist(root: Path, n_train: int = 1200, n_test: int = 300, compress: bool = True, seed: int = 0) -> Path:
+def make_mnist(
+    root: Path, n_train: int = 1200, n_test: int = 300, compress: bool = True, seed: int = 0
+) -> Path:
     """An MNIST look-alike whose classes are learnable: each label lights up its own 2 rows of pixels."""
     rng = np.random.default_rng(seed)
     folder = root / "mnist"

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sparsebench.methods.sparse_vd import SparseVD
 
 from sparsebench import registry as registry_module
 from sparsebench.errors import PluginError, UnknownNameError
+from sparsebench.methods.sparse_vd import SparseVD
 from sparsebench.registry import METHODS, TASKS, Registry, normalize_name
 
 

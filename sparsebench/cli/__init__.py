@@ -16,7 +16,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sparsebench",
         description="Train, tune and compare neural-network sparsification methods.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n  sparsebench run --method sparsevd --task lenet5\n  sparsebench list methods --verbose",
+        epilog=(
+            "examples:\n  sparsebench run --method sparsevd --task lenet5\n"
+            "  sparsebench list methods --verbose"
+        ),
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:

@@ -12,17 +12,25 @@ EXAMPLES = """examples:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="training throughput of methods vs dense", epilog=EXAMPLES,
-                       description="Seconds per epoch, examples/s and the share of each phase of a step, "
-                       "for every (task, method) pair, measured in one process.",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "bench",
+        help="training throughput of methods vs dense",
+        epilog=EXAMPLES,
+        description="Seconds per epoch, examples/s and the share of each phase of a step, "
+        "for every (task, method) pair, measured in one process.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--tasks", nargs="+", default=["lenet300_100", "lenet5"])
     p.add_argument("--methods", nargs="+", default=["dense", "sparse_vd"])
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--steps", type=int, default=200, help="timed optimiser steps per pair")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
-    p.add_argument("--compile", choices=["always", "never"], default="always",
-                   help="use the methods' compiled kernels (what long runs use)")
+    p.add_argument(
+        "--compile",
+        choices=["always", "never"],
+        default="always",
+        help="use the methods' compiled kernels (what long runs use)",
+    )
     p.add_argument("--no-breakdown", action="store_true", help="skip the per-phase timing pass")
     p.add_argument("--json", action="store_true", help="print the table as JSON records")
     p.set_defaults(handler=handle)
@@ -36,8 +44,14 @@ def handle(args: argparse.Namespace) -> int:
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    table = bench(args.tasks, args.methods, resolve_device(args.device), steps=args.steps,
-                  compile_kernels=args.compile == "always", breakdown=not args.no_breakdown)
+    table = bench(
+        args.tasks,
+        args.methods,
+        resolve_device(args.device),
+        steps=args.steps,
+        compile_kernels=args.compile == "always",
+        breakdown=not args.no_breakdown,
+    )
     if args.json:
         print(table.to_json(orient="records"))
     else:

@@ -12,8 +12,12 @@ EXAMPLES = """examples:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("list", help="list methods and tasks", epilog=EXAMPLES,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "list",
+        help="list methods and tasks",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("what", nargs="?", choices=["methods", "tasks"], help="only methods or only tasks")
     p.add_argument("--verbose", "-v", action="store_true", help="paper, config fields with defaults, origin")
     p.set_defaults(handler=handle)

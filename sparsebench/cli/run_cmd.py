@@ -25,16 +25,33 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--method", help="method name (see `sparsebench list methods`)")
     p.add_argument("--task", help="task name (see `sparsebench list tasks`)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. train.epochs=20 or method.threshold=2.5 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. train.epochs=20 or method.threshold=2.5 (repeatable)",
+    )
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
-    p.add_argument("--data-dir", help="dataset root (default: $SPARSEBENCH_DATA, else ~/.cache/sparsebench/data)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite under ./mlruns)")
+    p.add_argument(
+        "--data-dir", help="dataset root (default: $SPARSEBENCH_DATA, else ~/.cache/sparsebench/data)"
+    )
+    p.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite under ./mlruns)",
+    )
     p.add_argument("--experiment", default="sparsebench", help="MLflow experiment name")
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint")
     p.add_argument("--init-from", metavar="RUN", help="initialise from the exported model of an earlier run")
-    p.add_argument("--tag", dest="tags", action="append", default=[], metavar="KEY=VALUE",
-                   help="MLflow tag on the run, e.g. study=table1 (repeatable; reports select by tag)")
+    p.add_argument(
+        "--tag",
+        dest="tags",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="MLflow tag on the run, e.g. study=table1 (repeatable; reports select by tag)",
+    )
     p.add_argument("--stop-after", type=int, metavar="EPOCHS", help="stop resumably after this many epochs")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -70,14 +87,26 @@ def handle(args: argparse.Namespace) -> int:
     if result.status != "FINISHED":
         return 130 if result.status == "KILLED" else 0
     if args.json:
-        print(json.dumps({"run_id": result.run_id, "row": result.row, "val_metric": result.val_metric,
-                          "test_metric": result.test_metric, **result.summary}))
+        print(
+            json.dumps(
+                {
+                    "run_id": result.run_id,
+                    "row": result.row,
+                    "val_metric": result.val_metric,
+                    "test_metric": result.test_metric,
+                    **result.summary,
+                }
+            )
+        )
     else:
         cols = ["layer", "shape", "weights", "nonzeros", "sparsity", "out_units_removed", "in_units_removed"]
         print(result.table[cols].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
         print(result.row)
-    print(f"MLflow run {result.run_id}; open it with: mlflow ui --backend-store-uri "
-          f"{args.tracking_uri or _default_uri()}", file=sys.stderr)
+    print(
+        f"MLflow run {result.run_id}; open it with: mlflow ui --backend-store-uri "
+        f"{args.tracking_uri or _default_uri()}",
+        file=sys.stderr,
+    )
     return 0
 
 

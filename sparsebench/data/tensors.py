@@ -27,13 +27,13 @@ class TensorBatches:
         self, batch_size: int, shuffle: bool, generator: torch.Generator | None, drop_last: bool
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = self.num_examples
-        if shuffle:
-            order = torch.randperm(n, generator=generator).to(self.x.device)
-        else:
-            order = None
+        order = torch.randperm(n, generator=generator).to(self.x.device) if shuffle else None
         for b in range(self.num_batches(batch_size, drop_last)):
             if order is None:
-                yield self.x[b * batch_size : (b + 1) * batch_size], self.y[b * batch_size : (b + 1) * batch_size]
+                yield (
+                    self.x[b * batch_size : (b + 1) * batch_size],
+                    self.y[b * batch_size : (b + 1) * batch_size],
+                )
             else:
                 idx = order[b * batch_size : (b + 1) * batch_size]
                 yield self.x[idx], self.y[idx]

@@ -8,6 +8,13 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
+from torch import nn
+
+from sparsebench import checkpoint
+from sparsebench.config import apply_overrides
+from sparsebench.errors import ConfigError
+from sparsebench.masking import effective, keep_masks, mask_of, pruned_count
+from sparsebench.method import StepContext
 from sparsebench.methods.magnitude import (
     Magnitude,
     MagnitudeConfig,
@@ -17,16 +24,9 @@ from sparsebench.methods.magnitude import (
     iterative_steps,
 )
 from sparsebench.methods.random_pruning import RandomConfig, RandomPruning
-from sparsebench.tasks.lenet300_100 import LeNet300100
-from torch import nn
-
-from sparsebench import checkpoint
-from sparsebench.config import apply_overrides
-from sparsebench.errors import ConfigError
-from sparsebench.masking import effective, keep_masks, mask_of, pruned_count
-from sparsebench.method import StepContext
 from sparsebench.registry import METHODS, TASKS
 from sparsebench.runner import RunRequest, train
+from sparsebench.tasks.lenet300_100 import LeNet300100
 from sparsebench.testing import check_method_conformance
 
 STEPS_PER_EPOCH, EPOCHS = 10, 20  # 200 steps: t0 = 20, end = 140, 12 updates one epoch apart

@@ -13,12 +13,12 @@ from collections import OrderedDict
 import pytest
 import torch
 from scipy import stats
-from sparsebench.methods.sparse_vd import Conv2dSVD, LinearSVD, SparseVD, SparseVDConfig
 from torch import nn
 from torch.nn import functional as F
 
 from sparsebench.kl import sparse_vd_kl
 from sparsebench.method import StepContext
+from sparsebench.methods.sparse_vd import Conv2dSVD, LinearSVD, SparseVD, SparseVDConfig
 from sparsebench.metrics import layer_table, summarize
 from sparsebench.registry import TASKS
 

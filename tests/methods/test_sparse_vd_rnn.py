@@ -7,6 +7,10 @@ import math
 
 import pytest
 import torch
+from torch import nn
+
+from sparsebench.kl import sparse_vd_kl
+from sparsebench.method import StepContext
 from sparsebench.methods.sparse_vd import SparseVD, SparseVDConfig
 from sparsebench.methods.sparse_vd_rnn import (
     LSTMSVD,
@@ -16,10 +20,6 @@ from sparsebench.methods.sparse_vd_rnn import (
     sample_weight,
 )
 from sparsebench.tasks.ptb_lstm import PtbLstm, PtbLstmConfig, WordLanguageModel
-from torch import nn
-
-from sparsebench.kl import sparse_vd_kl
-from sparsebench.method import StepContext
 
 INPUT, HIDDEN, LAYERS = 3, 4, 2
 

@@ -13,12 +13,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from sparsebench.tasks.lenet300_100 import LeNet300100
 
 import sparsebench.cli as cli
 from sparsebench.report.reproduce import REPRODUCTION_TAG
 from sparsebench.report.select import REPORT_EXPERIMENT, NoMatchingRunsError, Selection, load_runs
 from sparsebench.runner import RunRequest, train
+from sparsebench.tasks.lenet300_100 import LeNet300100
 from sparsebench.tracking import make_client
 
 # Little noise and a small KL so two epochs on the generated data give a real error-compression curve.

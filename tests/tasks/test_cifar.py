@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from sparsebench.tasks.vgg_like import VggLike, VggLikeConfig, build_vgg_like
 
 from sparsebench.data import augment, cifar
 from sparsebench.data.cifar import SPECS, download_cifar, load_cifar
@@ -21,6 +20,8 @@ from sparsebench.errors import ConfigError, DataError
 from sparsebench.metrics import WEIGHT_LAYERS, layer_table, weight_tensors
 from sparsebench.registry import METHODS
 from sparsebench.runner import RunRequest, train
+from sparsebench.tasks.vgg_like import VggLike, VggLikeConfig, build_vgg_like
+from sparsebench.testing import check_method_conformance
 
 
 def write_batch(path: Path, images: np.ndarray, labels: dict[str, list[int]], protocol: int = 2) -> None:
@@ -355,3 +356,13 @@ def test_every_method_trains_on_vgg_like_or_says_why_not(
     assert result.status == "FINISHED"
     assert 0.0 <= result.test_metric <= 100.0 and result.summary["weights"] > 0
     assert result.summary["compression"] >= 1.0
+
+
+@pytest.mark.parametrize("method_name", METHODS.names())
+def test_every_applicable_method_conforms_on_a_narrow_vgg_like(method_name: str) -> None:
+    method_cls = METHODS.get(method_name)
+    method = method_cls(method_cls.Config())
+    task = VggLike(VggLikeConfig(k=0.125))
+    if (reason := method.not_applicable(task.build_model())) is not None:
+        pytest.skip(reason)
+    check_method_conformance(method, task)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from sparsebench.tasks.ptb_lstm import PtbLstm, PtbLstmConfig, WordLanguageModel
 from torch import nn
 
 from sparsebench.config import TrainConfig
@@ -18,6 +17,8 @@ from sparsebench.errors import DataError
 from sparsebench.metrics import WEIGHT_LAYERS, weight_tensors
 from sparsebench.registry import METHODS
 from sparsebench.runner import RunRequest, evaluate, lr_factor, train
+from sparsebench.tasks.ptb_lstm import PtbLstm, PtbLstmConfig, WordLanguageModel
+from sparsebench.testing import check_method_conformance
 
 WORDS = [f"w{i}" for i in range(30)] + ["<unk>"]
 
@@ -295,6 +296,18 @@ def test_every_method_trains_on_ptb_lstm_or_says_why_not(
     # 31 words + <eos>; two short epochs on a strongly patterned corpus must beat the uniform guess.
     assert 1.0 < result.test_metric < 32.0
     assert result.summary["weights"] == 2 * 32 * 8 + 2 * 2 * (4 * 8 * 8)
+
+
+@pytest.mark.parametrize("method_name", METHODS.names())
+def test_every_applicable_method_conforms_on_a_tiny_ptb_lstm(method_name: str) -> None:
+    """The plugin contract on the medium preset shrunk (dropout included), through sparsebench.testing."""
+    method_cls = METHODS.get(method_name)
+    method = method_cls(method_cls.Config())
+    task = PtbLstm(PtbLstmConfig(preset="medium", hidden=6, steps=4))
+    task.vocabulary_size = 13
+    if (reason := method.not_applicable(task.build_model())) is not None:
+        pytest.skip(reason)
+    check_method_conformance(method, task)
 
 
 def test_dense_applies_to_ptb_lstm() -> None:
