@@ -126,7 +126,14 @@ def ensure_experiment(client: Any, name: str, tracking_uri: str | None) -> str:
     if uri.startswith("sqlite:///"):
         # Keep artifacts beside the database, not in whatever directory the user ran from.
         artifact_location = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").absolute().as_uri()
-    return client.create_experiment(name, artifact_location=artifact_location)
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except Exception:
+        # Another worker of the same sweep may have created it a moment ago (a race on a fresh store).
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
 
 
 def environment() -> dict[str, str]:
