@@ -11,7 +11,6 @@ import pytest
 import torch
 from torch import nn
 
-from sparsebench.config import TrainConfig
 from sparsebench.data.ptb import EOS, TokenBatches, build_vocabulary, load_ptb, read_words
 from sparsebench.errors import DataError
 from sparsebench.metrics import WEIGHT_LAYERS, weight_tensors
@@ -314,6 +313,7 @@ def test_dense_applies_to_ptb_lstm() -> None:
     assert METHODS.get("dense")().not_applicable(PtbLstm(PtbLstmConfig(hidden=4)).build_model()) is None
 
 
-def test_recipe_for_sparse_vd_is_adam(ptb_root: Path) -> None:
-    recipe: TrainConfig = PtbLstm(PtbLstmConfig(preset="small")).default_recipe("sparse_vd")
-    assert recipe.optimizer == "adam" and recipe.batch_size == 20
+def test_recipe_for_sparse_vd_is_adam_from_a_dense_run() -> None:
+    recipe = PtbLstm(PtbLstmConfig(preset="small")).default_recipe("sparse_vd")
+    assert (recipe.optimizer, recipe.lr, recipe.batch_size, recipe.grad_clip) == ("adam", 1e-3, 20, 0.25)
+    assert [lr_factor(recipe, e, 0) for e in range(6)] == pytest.approx([1.0, 1.0, 1.0, 1.0, 2 / 3, 1 / 3])
