@@ -1,0 +1,240 @@
+"""Inference benchmark of one trained run: every format checked on the test set, then timed.
+
+The question it answers is the one users ask of pruning tools: is the compressed model smaller,
+and is it faster? Each format's outputs must match the dense masked model on the whole test set
+before it is timed (a wrong fast model is worth nothing); then latency and throughput at several
+batch sizes, bytes held, the speedup against dense measured in the same process, and how much of
+the ideal speedup (the compression ratio) it reaches.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from sparsebench.errors import ConfigError, RunNotFoundError
+from sparsebench.inference.formats import FORMATS, Format
+from sparsebench.inference.size import storage_bytes
+from sparsebench.inference.sparse_layers import FormatUnsupported
+from sparsebench.inference.timing import measure
+from sparsebench.metrics import layer_table, summarize
+from sparsebench.task import Task
+
+RTOL = 1e-4
+ATOL = 1e-4
+"""A format is correct when |out - dense| <= ATOL + RTOL |dense| on every output of the test set
+(float32 sums in another order differ by ~1e-6 relative on logits of size ~10)."""
+
+DEFAULT_BATCH_SIZES = (1, 64, 1024)
+CHECK_BATCH = 1024
+
+
+@dataclass
+class LoadedRun:
+    run_id: str
+    task: Task
+    method: str
+    model: nn.Module
+    """The exported (dense, masked) model in eval mode, on the CPU."""
+    test_inputs: torch.Tensor
+    compression: float
+    flops_reduction: float
+
+
+def load_run(run_id: str, tracking_uri: str | None, data_dir: str | None) -> LoadedRun:
+    """Rebuild a finished run's exported model from MLflow and read its task's test inputs."""
+    from sparsebench.data.paths import data_root
+    from sparsebench.report.select import ArtifactReader
+    from sparsebench.runner import plan_run
+    from sparsebench.tracking import make_client
+
+    client = make_client(tracking_uri)
+    try:
+        client.get_run(run_id)
+    except Exception as exc:
+        raise RunNotFoundError(
+            f"no MLflow run {run_id}; list runs with `mlflow ui` or `sparsebench report`"
+        ) from exc
+    reader = ArtifactReader(client)
+    config = reader.json(run_id, "config.json")
+    weights = reader.download(run_id, "model/model.pt")
+    if config is None or weights is None:
+        raise RunNotFoundError(
+            f"run {run_id} has no exported model (model/model.pt and config.json); "
+            "only finished runs can be benchmarked"
+        )
+    task_overrides = {k: v for k, v in config.items() if k.startswith("task.") and k != "task.name"}
+    plan = plan_run(config["task.name"], config["method.name"], task_overrides)
+    model = plan.task.build_model()
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True)["state_dict"])
+    model.eval()
+    splits = plan.task.load_data(
+        data_root(data_dir), torch.device("cpu"), int(config.get("train.val_size", 5000))
+    )
+    inputs = getattr(splits.test, "x", None)
+    if not isinstance(inputs, torch.Tensor):
+        raise ConfigError(
+            f"task {plan.task.name}: the inference benchmark needs a test split of independent examples "
+            "(a tensor); language-model streams are not supported"
+        )
+    summary = summarize(model, layer_table(model, plan.task.example_input(torch.device("cpu"))))
+    return LoadedRun(
+        run_id, plan.task, plan.method.name, model, inputs, summary.compression, summary.flops_reduction
+    )
+
+
+@torch.inference_mode()
+def _outputs(model: nn.Module, inputs: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return torch.cat(
+        [
+            model(inputs[i : i + CHECK_BATCH].to(device)).float().cpu()
+            for i in range(0, len(inputs), CHECK_BATCH)
+        ]
+    )
+
+
+def check_outputs(out: torch.Tensor, ref: torch.Tensor) -> tuple[bool, float, float]:
+    """(within tolerance, max |out - ref|, fraction of equal argmax predictions)."""
+    diff = (out - ref).abs()
+    ok = bool((diff <= ATOL + RTOL * ref.abs()).all())
+    agreement = float((out.argmax(-1) == ref.argmax(-1)).float().mean()) if ref.dim() > 1 else float("nan")
+    return ok, float(diff.max()), agreement
+
+
+def _batch(inputs: torch.Tensor, size: int, device: torch.device) -> torch.Tensor:
+    """The first ``size`` test examples (cycled if the test set is smaller)."""
+    index = torch.arange(size) % len(inputs)
+    return inputs[index].to(device)
+
+
+def bench_formats(
+    model: nn.Module,
+    example: torch.Tensor,
+    inputs: torch.Tensor,
+    device: torch.device,
+    formats: list[str] | None = None,
+    batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES,
+    compression: float = 1.0,
+    repeats: int = 15,
+    warmup: int = 3,
+) -> pd.DataFrame:
+    """One row per (format, batch size): correctness, bytes, time, speedup vs dense, share of ideal."""
+    chosen = [FORMATS[name] for name in (formats or list(FORMATS))]
+    if "dense" not in {f.name for f in chosen}:
+        chosen.insert(0, FORMATS["dense"])
+    reference_model = FORMATS["dense"].build(model, example, device)
+    reference = _outputs(reference_model, inputs, device)
+    rows: list[dict[str, Any]] = []
+    dense_ms: dict[int, float] = {}
+    dense_bytes = storage_bytes(reference_model)
+    for fmt in chosen:
+        if not fmt.applies_to(model):
+            continue
+        base = {"format": fmt.name, "device": device.type}
+        built, problem = _build(fmt, model, example, device)
+        if built is None:
+            rows += [
+                {**base, "batch_size": b, "status": "unsupported", "reason": problem} for b in batch_sizes
+            ]
+            continue
+        ok, max_diff, agreement = check_outputs(_outputs(built, inputs, device), reference)
+        size = storage_bytes(built)
+        checked = {**base, "max_abs_diff": max_diff, "agreement": agreement, "bytes": size,
+                   "size_ratio": dense_bytes / max(1, size)}  # fmt: skip
+        if not ok:
+            reason = f"outputs differ from dense by up to {max_diff:.3g} (tolerance {ATOL} + {RTOL}|y|)"
+            rows += [{**checked, "batch_size": b, "status": "failed", "reason": reason} for b in batch_sizes]
+            continue
+        for size_b in batch_sizes:
+            x = _batch(inputs, size_b, device)
+            with torch.inference_mode():
+                timing = measure(lambda m=built, x=x: m(x), device, repeats=repeats, warmup=warmup)
+            ms = timing.median_s * 1000
+            if fmt.name == "dense":
+                dense_ms[size_b] = ms
+            speedup = dense_ms[size_b] / ms
+            rows.append(
+                {
+                    **checked,
+                    "batch_size": size_b,
+                    "status": "ok",
+                    "reason": "slower than dense" if speedup < 1 else "",
+                    "ms": ms,
+                    "ms_q1": timing.q1_s * 1000,
+                    "ms_q3": timing.q3_s * 1000,
+                    "examples_per_s": size_b / timing.median_s,
+                    "speedup": speedup,
+                    "ideal": compression,
+                    "fraction_of_ideal": speedup / compression,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def _build(fmt: Format, model: nn.Module, example: torch.Tensor, device: torch.device) -> tuple[Any, str]:
+    try:
+        return fmt.build(model, example, device), ""
+    except FormatUnsupported as exc:
+        return None, str(exc)
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """What the timings depend on, stored beside them."""
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [
+            line.split(":", 1)[1].strip()
+            for line in cpuinfo.read_text().splitlines()
+            if line.startswith("model name")
+        ]
+        cpu = names[0] if names else cpu
+    env: dict[str, Any] = {
+        "device": str(device),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+        env["cuda"] = torch.version.cuda
+    return env
+
+
+def log_to_run(run_id: str, tracking_uri: str | None, table: pd.DataFrame, env: dict[str, Any]) -> None:
+    """Store the table and environment as artifacts of the run, and the headline numbers as metrics."""
+    from sparsebench.tracking import Tracker, make_client
+
+    tracker = Tracker(make_client(tracking_uri), run_id)
+    device = env["device"].split(":")[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        table.to_csv(folder / f"{device}.csv", index=False)
+        (folder / f"{device}_environment.json").write_text(json.dumps(env, indent=2))
+        tracker.log_artifact(folder / f"{device}.csv", "inference")
+        tracker.log_artifact(folder / f"{device}_environment.json", "inference")
+    metrics: dict[str, float] = {}
+    for row in table[table.status == "ok"].itertuples():
+        key = f"inference.{device}.{row.format}.b{row.batch_size}"
+        metrics[f"{key}.ms"] = row.ms
+        metrics[f"{key}.speedup"] = row.speedup
+        metrics[f"inference.{row.format}.bytes"] = row.bytes
+    tracker.log_metrics(metrics)
+
+
+def best_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The fastest correct format at each batch size."""
+    ok = table[table.status == "ok"]
+    return ok.loc[ok.groupby("batch_size").ms.idxmin()].sort_values("batch_size")

@@ -1,0 +1,69 @@
+"""Timing a call: warm-up, blocks long enough for the clock, median and interquartile range.
+
+One call of a small model at batch 1 lasts tens of microseconds, below what a single timer read
+resolves reliably, so calls are timed in blocks sized to last ``block_seconds`` and the per-call
+time is the block time over its length. On CUDA the block is bracketed by events after a
+synchronisation, so queued kernels are counted and host overhead is not hidden.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Timing:
+    median_s: float
+    q1_s: float
+    q3_s: float
+    calls_per_block: int
+    blocks: int
+
+    @property
+    def iqr_s(self) -> float:
+        return self.q3_s - self.q1_s
+
+
+def _block_seconds(fn: Callable[[], object], calls: int, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(calls):
+            fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1000.0
+    start_s = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return time.perf_counter() - start_s
+
+
+def measure(
+    fn: Callable[[], object],
+    device: torch.device,
+    repeats: int = 15,
+    warmup: int = 3,
+    block_seconds: float = 0.01,
+) -> Timing:
+    """Seconds per call of ``fn``: median and quartiles over ``repeats`` timed blocks."""
+    for _ in range(warmup):
+        fn()
+    calls = 1
+    while calls < 1 << 16:
+        elapsed = _block_seconds(fn, calls, device)
+        if elapsed >= block_seconds:
+            break
+        calls = min(1 << 16, max(calls * 2, int(calls * block_seconds / max(elapsed, 1e-9))))
+    per_call = sorted(_block_seconds(fn, calls, device) / calls for _ in range(max(1, repeats)))
+    if len(per_call) >= 2:
+        q1, median, q3 = statistics.quantiles(per_call, n=4, method="inclusive")
+    else:
+        q1 = median = q3 = per_call[0]
+    return Timing(median, q1, q3, calls, len(per_call))
