@@ -21,6 +21,7 @@ import pandas as pd
 from sparsebench.errors import ConfigError, SparsebenchError
 from sparsebench.report import aggregate, figures, tables
 from sparsebench.report.document import Block, heading, markdown
+from sparsebench.report.inference import inference_table
 from sparsebench.report.reproduce import MANIFEST, manifest_runs
 from sparsebench.report.select import REPORT_EXPERIMENT, RunSet, Selection, load_runs
 from sparsebench.task import PaperResult
@@ -261,6 +262,9 @@ def _task_section(
             )
         )
     blocks += _table_blocks(cost)
+    timed = inference_table(runs, data.inference)
+    if timed is not None:
+        blocks += _table_blocks(timed)
 
     blocks.append(heading(3, "Figures"))
     files: list[Path] = []
@@ -301,7 +305,7 @@ def _task_section(
     for method, path, caption in _mask_figures(info, runs, layers, data.tracking_uri, out):
         files.append(path)
         blocks.append(Block("figure", _rel(path, out), caption=f"{method}: {caption}"))
-    task_tables = [paper, compression, matched_table, tests_table, cost]
+    task_tables = [paper, compression, matched_table, tests_table, cost, *([timed] if timed else [])]
     for table in task_tables:
         table.task = info.name
     return blocks, task_tables, files

@@ -111,6 +111,8 @@ class RunSet:
     configs: dict[str, dict[str, Any]]
     """The typed flat config (``config.json``) of each run."""
     tracking_uri: str
+    inference: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """``inference/<device>.csv`` of the runs timed by ``sparsebench bench RUN``, with ``run_id``."""
 
 
 def load_runs(selection: Selection, tracking_uri: str) -> RunSet:
@@ -126,8 +128,12 @@ def load_runs(selection: Selection, tracking_uri: str) -> RunSet:
             f"flags, or look at the store with: mlflow ui --backend-store-uri {tracking_uri}"
         )
     artifacts = ArtifactReader(client)
-    layers, curves, configs = [], [], {}
+    layers, curves, configs, inference = [], [], {}, []
     for run_id in runs.run_id:
+        for device in ("cpu", "cuda"):
+            timed = artifacts.csv(run_id, f"inference/{device}.csv")
+            if timed is not None:
+                inference.append(timed.assign(run_id=run_id))
         table = artifacts.csv(run_id, "per_layer.csv")
         if table is not None:
             layers.append(table.assign(run_id=run_id, position=range(len(table))))
@@ -142,6 +148,7 @@ def load_runs(selection: Selection, tracking_uri: str) -> RunSet:
         history=metric_history(client, list(runs.run_id), HISTORY_KEYS),
         configs=configs,
         tracking_uri=tracking_uri,
+        inference=_concat(inference, ["run_id", "format", "device", "batch_size", "status", "ms"]),
     )
 
 
@@ -278,7 +285,7 @@ class ArtifactReader:
     def has(self, run_id: str, path: str) -> bool:
         if run_id not in self._listing:
             names: set[str] = set()
-            for folder in ("", "model"):
+            for folder in ("", "model", "inference"):
                 # An unreadable artifact store counts as missing files: the report says what it lacks.
                 with contextlib.suppress(Exception):
                     names |= {a.path for a in self.client.list_artifacts(run_id, folder or None)}

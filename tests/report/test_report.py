@@ -72,9 +72,13 @@ def store(
 
 
 @pytest.fixture(scope="module")
-def report(main, store, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    uri, _ = store
+def report(main, store, tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Path:
+    uri, ids = store
     out = tmp_path_factory.mktemp("reports") / "tiny"
+    timed = ["bench", ids[("sparse_vd", 0)], "--tracking-uri", uri, "--data-dir", str(mnist_dir)]
+    assert (
+        main([*timed, "--batch-sizes", "1", "8", "--repeats", "1", "--formats", "thinned", "torch_csr"]) == 0
+    )
     code = main(
         [
             "report",
@@ -105,6 +109,7 @@ def test_report_holds_every_table_and_figure(report: Path) -> None:
         "Compression by counting rule",
         "Matched compression",
         "Training cost",
+        "Sparse inference",
         "Runs",
     ):
         assert f"### {title}" in text or f"## {title}" in text
@@ -119,7 +124,7 @@ def test_report_holds_every_table_and_figure(report: Path) -> None:
         image = matplotlib.image.imread(report / "figures" / name)
         assert image.shape[0] > 300 and image.shape[1] > 500 and image[..., :3].std() > 0.05
         assert f"(figures/{name})" in text  # linked from the Markdown
-    for name in ("paper", "compression", "matched", "paired_tests", "cost"):
+    for name in ("paper", "compression", "matched", "paired_tests", "cost", "inference"):
         assert (report / "tables" / f"{name}.csv").stat().st_size > 0
         assert (report / "tables" / f"lenet300_100_{name}.tex").read_text().startswith("\\begin{table}")
     manifest = json.loads((report / "manifest.json").read_text())
@@ -209,7 +214,7 @@ def test_html_renders_in_headless_chromium(report: Path, tmp_path: Path) -> None
             "--enable-logging=stderr",
             f"--user-data-dir={tmp_path / 'profile'}",
             f"--screenshot={shot}",
-            "--window-size=1200,2000",
+            "--window-size=1200,3000",
             (report / "report.html").as_uri(),
         ],
         capture_output=True,
@@ -219,7 +224,7 @@ def test_html_renders_in_headless_chromium(report: Path, tmp_path: Path) -> None
     assert done.returncode == 0, done.stderr[-2000:]
     assert not re.search(r"CONSOLE|net::ERR_|Uncaught", done.stderr), done.stderr[-2000:]
     image = matplotlib.image.imread(shot)[..., :3]
-    assert image.shape[:2] == (2000, 1200)
+    assert image.shape[:2] == (3000, 1200)
     assert image.std() > 0.05  # not a blank page
     # Coloured pixels (saturated, unlike text and table rules) come from the embedded figures.
     saturation = image.max(axis=2) - image.min(axis=2)
@@ -357,3 +362,18 @@ def test_rerunning_a_report_replaces_its_files(main, store, tmp_path: Path) -> N
     mine.write_text("kept")
     assert main(args) == 0
     assert not stale.exists() and mine.read_text() == "kept"
+
+
+def test_inference_table_picks_the_fastest_correct_format_of_the_logged_timings(report: Path, store) -> None:
+    uri, ids = store
+    run_id = ids[("sparse_vd", 0)]
+    local = make_client(uri).download_artifacts(run_id, "inference/cpu.csv", str(report.parent / "dl"))
+    logged = pd.read_csv(local)
+    table = pd.read_csv(report / "tables" / "inference.csv")
+    assert set(table.run_id) == {run_id} and sorted(table.batch_size) == [1, 8]
+    for row in table.itertuples():
+        at_batch = logged[(logged.batch_size == row.batch_size) & (logged.status == "ok")]
+        assert row.fastest_ms == pytest.approx(at_batch.ms.min())
+        assert row.fastest_format == at_batch.loc[at_batch.ms.idxmin(), "format"]
+        assert row.dense_ms == pytest.approx(at_batch[at_batch.format == "dense"].ms.iloc[0])
+        assert row.smallest_bytes == at_batch.bytes.min()
