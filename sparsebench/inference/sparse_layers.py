@@ -80,9 +80,11 @@ def _product(weight: Any, bias: Any, columns: Any, backend: Backend) -> Any:
         if bias is not None:
             out += bias
         return out
-    if bias is None:
-        return torch.sparse.mm(weight, columns)
-    return torch.addmm(bias, weight, columns)
+    if bias is not None and columns.device.type == "cpu":
+        return torch.addmm(bias, weight, columns)  # the bias add fused into the CPU kernel
+    # cuSPARSE's addmm wants the added matrix at full size; a separate broadcast add avoids that.
+    out = torch.sparse.mm(weight, columns)
+    return out if bias is None else out.add_(bias)
 
 
 class CsrLinearChain(nn.Module):

@@ -183,3 +183,17 @@ def test_a_wrong_format_is_failed_and_not_timed(monkeypatch: pytest.MonkeyPatch)
     assert off.reason.iloc[0].startswith("outputs differ from dense")
     dense = table[table.format == "dense"]
     assert (dense.status == "ok").all() and (dense.speedup == 1.0).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize(
+    "name", ["dense", "thinned", "torch_csr", "thinned_torch_csr", "thinned_torch_csr_fc"]
+)
+def test_cuda_formats_reproduce_the_dense_outputs(name: str) -> None:
+    cuda = torch.device("cuda")
+    model = convnet().to(cuda)
+    x = torch.randn(17, 2, 11, 11, device=cuda)
+    built = FORMATS[name].build(model, x[:1], cuda)
+    with torch.inference_mode():
+        assert close(built(x), model(x))
