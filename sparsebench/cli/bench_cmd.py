@@ -112,6 +112,7 @@ def _inference(args: argparse.Namespace, runs: list[str], device: Any) -> int:
             run.compression,
             args.repeats,
             args.warmup,
+            reset=lambda model, task=run.task: task.on_pass_start(model, training=False),
         )
         table.insert(0, "run_id", run_id)
         table.insert(1, "task", run.task.name)

@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,8 @@ ATOL = 1e-4
 (float32 sums in another order differ by ~1e-6 relative on logits of size ~10)."""
 
 DEFAULT_BATCH_SIZES = (1, 64, 1024)
+Reset = Callable[[nn.Module], None]
+"""Called before every forward pass, so stateful models (an LM's carried state) start fresh."""
 CHECK_BATCH = 1024
 
 
@@ -80,34 +83,67 @@ def load_run(run_id: str, tracking_uri: str | None, data_dir: str | None) -> Loa
     splits = plan.task.load_data(
         data_root(data_dir), torch.device("cpu"), int(config.get("train.val_size", 5000))
     )
-    inputs = getattr(splits.test, "x", None)
-    if not isinstance(inputs, torch.Tensor):
-        raise ConfigError(
-            f"task {plan.task.name}: the inference benchmark needs a test split of independent examples "
-            "(a tensor); language-model streams are not supported"
-        )
+    inputs = examples_of(splits.test, plan.task.name)
     summary = summarize(model, layer_table(model, plan.task.example_input(torch.device("cpu"))))
     return LoadedRun(
         run_id, plan.task, plan.method.name, model, inputs, summary.compression, summary.flops_reduction
     )
 
 
+def examples_of(split: object, task: str) -> torch.Tensor:
+    """The test split as independent examples along dim 0.
+
+    Image tasks hold a tensor of examples; a language model's token stream is cut into
+    non-overlapping chunks of its unrolled length, each one example (scored from a fresh state).
+    """
+    inputs = getattr(split, "x", None)
+    if isinstance(inputs, torch.Tensor):
+        return inputs
+    tokens, steps = getattr(split, "tokens", None), getattr(split, "steps", None)
+    if isinstance(tokens, torch.Tensor) and isinstance(steps, int):
+        chunks = len(tokens) // steps
+        return tokens[: chunks * steps].view(chunks, steps)
+    raise ConfigError(f"task {task}: its test split is neither a tensor of examples nor a token stream")
+
+
+@dataclass
+class Agreement:
+    ok: bool
+    max_abs_diff: float
+    agreement: float
+    """Share of positions whose arg-max (predicted class or next word) is the same."""
+
+
 @torch.inference_mode()
-def _outputs(model: nn.Module, inputs: torch.Tensor, device: torch.device) -> torch.Tensor:
-    return torch.cat(
-        [
-            model(inputs[i : i + CHECK_BATCH].to(device)).float().cpu()
-            for i in range(0, len(inputs), CHECK_BATCH)
-        ]
-    )
+def compare(
+    built: nn.Module, reference: nn.Module, inputs: torch.Tensor, device: torch.device, reset: Reset
+) -> Agreement:
+    """Both models on every test example, batch by batch (a language model's logits do not fit at once)."""
+    ok, worst, same, positions = True, 0.0, 0, 0
+    batch = _check_batch(reference, inputs, device, reset)
+    for start in range(0, len(inputs), batch):
+        x = inputs[start : start + batch].to(device)
+        reset(reference)
+        ref = reference(x).float()
+        reset(built)
+        out = built(x).float()
+        diff = (out - ref).abs()
+        ok &= bool((diff <= ATOL + RTOL * ref.abs()).all())
+        worst = max(worst, float(diff.max()))
+        same += int((out.argmax(-1) == ref.argmax(-1)).sum())
+        positions += ref[..., 0].numel()
+    return Agreement(ok, worst, same / max(1, positions))
 
 
-def check_outputs(out: torch.Tensor, ref: torch.Tensor) -> tuple[bool, float, float]:
-    """(within tolerance, max |out - ref|, fraction of equal argmax predictions)."""
-    diff = (out - ref).abs()
-    ok = bool((diff <= ATOL + RTOL * ref.abs()).all())
-    agreement = float((out.argmax(-1) == ref.argmax(-1)).float().mean()) if ref.dim() > 1 else float("nan")
-    return ok, float(diff.max()), agreement
+def _check_batch(model: nn.Module, inputs: torch.Tensor, device: torch.device, reset: Reset) -> int:
+    """Examples per comparison batch: 1,024, or fewer when one example's output is large."""
+    reset(model)
+    per_example = model(inputs[:1].to(device)).numel()
+    return max(1, min(CHECK_BATCH, (1 << 24) // per_example))
+
+
+def _no_reset(model: nn.Module) -> None:
+    """Stateless models need nothing before a call."""
 
 
 def _batch(inputs: torch.Tensor, size: int, device: torch.device) -> torch.Tensor:
@@ -126,13 +162,13 @@ def bench_formats(
     compression: float = 1.0,
     repeats: int = 15,
     warmup: int = 3,
+    reset: Reset = _no_reset,
 ) -> pd.DataFrame:
     """One row per (format, batch size): correctness, bytes, time, speedup vs dense, share of ideal."""
     chosen = [FORMATS[name] for name in (formats or list(FORMATS))]
     if "dense" not in {f.name for f in chosen}:
         chosen.insert(0, FORMATS["dense"])
     reference_model = FORMATS["dense"].build(model, example, device)
-    reference = _outputs(reference_model, inputs, device)
     rows: list[dict[str, Any]] = []
     dense_ms: dict[int, float] = {}
     dense_bytes = storage_bytes(reference_model)
@@ -146,18 +182,22 @@ def bench_formats(
                 {**base, "batch_size": b, "status": "unsupported", "reason": problem} for b in batch_sizes
             ]
             continue
-        ok, max_diff, agreement = check_outputs(_outputs(built, inputs, device), reference)
+        check = compare(built, reference_model, inputs, device, reset)
         size = storage_bytes(built)
-        checked = {**base, "max_abs_diff": max_diff, "agreement": agreement, "bytes": size,
+        checked = {**base, "max_abs_diff": check.max_abs_diff, "agreement": check.agreement, "bytes": size,
                    "size_ratio": dense_bytes / max(1, size)}  # fmt: skip
-        if not ok:
-            reason = f"outputs differ from dense by up to {max_diff:.3g} (tolerance {ATOL} + {RTOL}|y|)"
+        if not check.ok:
+            worst = check.max_abs_diff
+            reason = f"outputs differ from dense by up to {worst:.3g} (tolerance {ATOL} + {RTOL}|y|)"
             rows += [{**checked, "batch_size": b, "status": "failed", "reason": reason} for b in batch_sizes]
             continue
         for size_b in batch_sizes:
             x = _batch(inputs, size_b, device)
             with torch.inference_mode():
-                timing = measure(lambda m=built, x=x: m(x), device, repeats=repeats, warmup=warmup)
+                # Reset inside the timed call for every format alike: each call is a fresh sequence.
+                timing = measure(
+                    lambda m=built, x=x: (reset(m), m(x)), device, repeats=repeats, warmup=warmup
+                )
             ms = timing.median_s * 1000
             if fmt.name == "dense":
                 dense_ms[size_b] = ms

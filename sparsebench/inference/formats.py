@@ -16,7 +16,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from sparsebench.inference.sparse_layers import FormatUnsupported, sparsify_sequential
+from sparsebench.inference.sparse_layers import FormatUnsupported, sparsify_layers, sparsify_sequential
 from sparsebench.structured import shrink_sequential
 
 
@@ -36,9 +36,13 @@ class Format:
         built = copy.deepcopy(model).to(device).eval()
         if self.thinned:
             built = thin(built, example.to(device))
-        if self.backend != "dense":
-            built = sparsify_sequential(built, self.backend, convs=self.sparse_convs)
-        return built
+        if self.backend == "dense":
+            return built
+        if isinstance(built, nn.Sequential):
+            return sparsify_sequential(built, self.backend, convs=self.sparse_convs)
+        if not self.sparse_convs:
+            raise FormatUnsupported("the _fc formats are defined for chains with convolutions")
+        return sparsify_layers(built, self.backend)
 
     def applies_to(self, model: nn.Module) -> bool:
         """The ``_fc`` variants only differ from the full CSR formats when the model has convolutions."""

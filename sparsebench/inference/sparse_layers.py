@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from sparsebench.structured import Gather
+from sparsebench.surgery import replace_modules
 
 Backend = Literal["torch", "scipy"]
 
@@ -178,6 +179,82 @@ class CsrConv2d(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.backend} CSR im2col, {tuple(self.weight.shape)}, kernel={self.kernel_size}"
+
+
+class CsrLSTM(nn.Module):
+    """An ``nn.LSTM`` (unidirectional, batch first, no projection) with CSR gate weights, torch only.
+
+    The input-to-hidden products of all time steps are one CSR product on (features, steps x
+    batch) columns; the hidden-to-hidden product runs once per step on (hidden, batch). Same call
+    signature and outputs as ``nn.LSTM``: ``(output, (h_n, c_n))``.
+    """
+
+    def __init__(self, lstm: nn.LSTM, backend: Backend) -> None:
+        super().__init__()
+        if backend != "torch":
+            raise FormatUnsupported(
+                "no scipy CSR LSTM: each time step would cross between numpy and torch; use torch_csr"
+            )
+        if lstm.bidirectional or lstm.proj_size or not lstm.batch_first or not lstm.bias:
+            raise FormatUnsupported("CSR LSTM covers unidirectional, batch-first LSTMs with biases")
+        self.hidden, self.layers = lstm.hidden_size, lstm.num_layers
+        self.input_weights = [_csr(getattr(lstm, f"weight_ih_l{k}"), backend) for k in range(self.layers)]
+        self.hidden_weights = [_csr(getattr(lstm, f"weight_hh_l{k}"), backend) for k in range(self.layers)]
+        self.biases = [
+            (getattr(lstm, f"bias_ih_l{k}") + getattr(lstm, f"bias_hh_l{k}")).detach().reshape(-1, 1)
+            for k in range(self.layers)
+        ]
+
+    def forward(
+        self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        batch, steps, _ = x.shape
+        columns = x.permute(2, 1, 0).reshape(x.shape[2], steps * batch)  # (features, time-major)
+        last_h, last_c = [], []
+        for k in range(self.layers):
+            if state is None:
+                h = x.new_zeros(self.hidden, batch)
+                c = x.new_zeros(self.hidden, batch)
+            else:
+                h, c = state[0][k].t().contiguous(), state[1][k].t().contiguous()
+            gates_x = _product(self.input_weights[k], self.biases[k], columns, "torch").view(-1, steps, batch)
+            outputs = []
+            for t in range(steps):
+                gates = gates_x[:, t] + _product(self.hidden_weights[k], None, h, "torch")
+                i, f, g, o = gates.chunk(4, dim=0)
+                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                h = torch.sigmoid(o) * torch.tanh(c)
+                outputs.append(h)
+            columns = torch.stack(outputs, dim=1).reshape(self.hidden, steps * batch)
+            last_h.append(h.t())
+            last_c.append(c.t())
+        out = columns.view(self.hidden, steps, batch).permute(2, 1, 0)
+        return out, (torch.stack(last_h), torch.stack(last_c))
+
+    def storage_bytes(self) -> int:
+        weights = [*self.input_weights, *self.hidden_weights]
+        return sum(_csr_bytes(w) for w in weights) + sum(_bias_bytes(b) for b in self.biases)
+
+
+def sparsify_layers(model: nn.Module, backend: Backend) -> nn.Module:
+    """Any model: each Linear, Conv2d and LSTM swapped for its CSR form in place (no chain fusion).
+
+    For models that are not a plain chain (a language model with an embedding, an LSTM and a
+    decoder); embeddings stay dense, since a row lookup already touches only what it needs.
+    """
+
+    def swap(path: str, module: nn.Module) -> nn.Module | None:
+        if isinstance(module, nn.Linear):
+            return CsrLinearChain([module], [False], backend)
+        if isinstance(module, nn.Conv2d):
+            return CsrConv2d(module, backend)
+        if isinstance(module, nn.LSTM):
+            return CsrLSTM(module, backend)
+        if isinstance(module, nn.RNNBase):
+            raise FormatUnsupported(f"no CSR form for {path} ({type(module).__name__})")
+        return None
+
+    return replace_modules(model, swap)
 
 
 def sparsify_sequential(model: nn.Module, backend: Backend, convs: bool = True) -> nn.Sequential:

@@ -153,22 +153,67 @@ def test_unsupported_pairs_say_why() -> None:
         FORMATS["thinned"].build(NotAChain(), torch.zeros(1, 4), CPU)
     with pytest.raises(FormatUnsupported, match="CPU only"):
         FORMATS["scipy_csr"].build(mlp(), torch.zeros(1, 20), torch.device("cuda"))
-    with pytest.raises(FormatUnsupported, match="LSTM"):
-        FORMATS["torch_csr"].build(nn.Sequential(nn.LSTM(4, 4)), torch.zeros(1, 1, 4), CPU)
+    with pytest.raises(FormatUnsupported, match="scipy CSR LSTM"):
+        FORMATS["scipy_csr"].build(language_model(), torch.zeros(1, 5, dtype=torch.long), CPU)
 
     table = bench_formats(
         NotAChain().eval(), torch.zeros(1, 4), torch.randn(10, 4), CPU, batch_sizes=(1, 2), repeats=1
     )
     unsupported = table[table.status == "unsupported"]
-    assert set(unsupported.format) == {
-        "thinned",
-        "torch_csr",
-        "scipy_csr",
-        "thinned_torch_csr",
-        "thinned_scipy_csr",
-    }
+    assert set(unsupported.format) == {"thinned", "thinned_torch_csr", "thinned_scipy_csr"}
     assert unsupported.reason.str.contains("nn.Sequential").all()
     assert unsupported.ms.isna().all()
+    # Not a chain, but each layer still has a CSR form.
+    assert set(table[table.status == "ok"].format) == {"dense", "torch_csr", "scipy_csr"}
+
+
+def language_model(seed: int = 0) -> nn.Module:
+    from sparsebench.tasks.ptb_lstm import WordLanguageModel
+
+    torch.manual_seed(seed)
+    model = WordLanguageModel(vocabulary=30, hidden=8, layers=2, dropout=0.0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "weight" in name and "embedding" not in name:
+                p.mul_((torch.rand(p.shape) >= 0.7).float())
+    return model.eval()
+
+
+def test_csr_lstm_language_model_reproduces_the_dense_logits_and_state() -> None:
+    model = language_model()
+    tokens = torch.randint(0, 30, (6, 5), generator=torch.Generator().manual_seed(2))
+    built = FORMATS["torch_csr"].build(model, tokens[:1], CPU)
+    assert not any(isinstance(m, (nn.LSTM, nn.Linear)) for m in built.modules())
+    with torch.inference_mode():
+        model.reset_state(), built.reset_state()
+        assert close(built(tokens), model(tokens))
+        # The second call continues from the carried state, which must match too.
+        assert close(built(tokens), model(tokens))
+        assert close(built.state[0], model.state[0]) and close(built.state[1], model.state[1])
+
+
+def test_language_model_bench_compares_every_chunk_from_a_fresh_state() -> None:
+    from sparsebench.inference.benchmark import examples_of
+
+    class Stream:
+        tokens = torch.arange(103) % 30
+        steps = 5
+
+    chunks = examples_of(Stream(), "lm")
+    assert chunks.shape == (20, 5) and chunks[1, 0] == 5
+    table = bench_formats(
+        language_model(),
+        chunks[:1],
+        chunks,
+        CPU,
+        batch_sizes=(2,),
+        repeats=1,
+        reset=lambda m: m.reset_state(),
+    )
+    status = table.set_index("format").status.to_dict()
+    assert status == {"dense": "ok", "thinned": "unsupported", "torch_csr": "ok", "scipy_csr": "unsupported",
+                      "thinned_torch_csr": "unsupported", "thinned_scipy_csr": "unsupported"}  # fmt: skip
+    assert table.set_index("format").agreement["torch_csr"] == 1.0
 
 
 def test_a_wrong_format_is_failed_and_not_timed(monkeypatch: pytest.MonkeyPatch) -> None:
