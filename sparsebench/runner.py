@@ -92,8 +92,13 @@ def plan_run(task_name: str, method_name: str, overrides: dict[str, Any]) -> Pla
     method_cls = METHODS.get(method_name)
     task = task_cls(task_cls.Config())
     method = method_cls(method_cls.Config())
+    # The recipe depends on the task's options (a PTB preset has its own epochs and learning rate)
+    # and may depend on the method's, so those are set first; train.* then edits that recipe.
+    plugin_sections = {"task": task.config, "method": method.config}
+    early = {k: v for k, v in overrides.items() if k.partition(".")[0] in plugin_sections}
+    apply_overrides(plugin_sections, early)
     plan = Plan(task, method, method.adjust_recipe(task.name, task.default_recipe(method_cls.name)))
-    apply_overrides(plan.sections, overrides)
+    apply_overrides(plan.sections, {k: v for k, v in overrides.items() if k not in early})
     if plan.train.epochs < 1 or plan.train.batch_size < 1:
         raise ConfigError("train.epochs and train.batch_size must be at least 1")
     return plan

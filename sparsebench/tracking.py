@@ -28,6 +28,8 @@ def default_tracking_uri() -> str:
 def _quiet_mlflow() -> None:
     import logging
 
+    # A progress bar per downloaded file (--init-from, bench, report) clutters stderr and logs.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import mlflow  # noqa: F401 - mlflow configures its loggers on import; quiet them afterwards
 
     for name in ("mlflow", "alembic", "sqlalchemy"):

@@ -271,3 +271,16 @@ def test_resuming_a_finished_run_is_refused(
     again = run_cli("run", "--resume", run_id, *common)
     assert len(client_for(quick_tracking_uri).get_metric_history(run_id, "test_metric")) == 1
     assert again.code == 2 and "already finished" in again.err
+
+
+def test_the_recipe_follows_task_options_given_on_the_command_line() -> None:
+    """``--set task.preset=small`` must get small's recipe (13 epochs, lr 20), not medium's."""
+    from sparsebench.runner import plan_run
+
+    small = plan_run("ptb_lstm", "dense", {"task.preset": "small"}).train
+    medium = plan_run("ptb_lstm", "dense", {}).train
+    assert (small.epochs, small.lr, small.lr_step) == (13, 20.0, 4)
+    assert (medium.epochs, medium.lr) == (39, 35.0)
+    # train.* still edits the recipe of the chosen preset.
+    edited = plan_run("ptb_lstm", "dense", {"task.preset": "small", "train.epochs": 2}).train
+    assert (edited.epochs, edited.lr) == (2, 20.0)
