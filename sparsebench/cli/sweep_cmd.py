@@ -18,6 +18,7 @@ EXAMPLES = """examples:
   sparsebench sweep --method sparse_vd --task lenet5 --n-trials 30 --epochs 20
   sparsebench sweep sweeps/sparse_vd_lenet5.yaml --storage postgresql+psycopg2://user:pw@db-host/sweeps
   sparsebench sweep status sweeps/sparse_vd_lenet300_100.yaml
+  sparsebench sweep sweeps/sparse_vd_lenet300_100.yaml --scaling 1 2 --n-trials 8 --epochs 3
 
 Running the same command again resumes the study; completed trials are never repeated. The same
 command on several machines with one PostgreSQL --storage joins them into one study.
@@ -48,6 +49,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="fix a config field for every trial, e.g. train.val_size=1000 (repeatable)",
     )
     p.add_argument("--workers", type=int, default=1, help="worker processes on this machine (one per GPU)")
+    p.add_argument(
+        "--scaling",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="measure trials/hour with each worker count (fresh throwaway studies, one after the other)",
+    )
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument(
         "--data-dir", help="dataset root (default: $SPARSEBENCH_DATA, else ~/.cache/sparsebench/data)"
@@ -78,7 +86,28 @@ def handle(args: argparse.Namespace) -> int:
     env = SweepEnv(args.tracking_uri, args.experiment, args.data_dir, args.device)
     if status:
         return show_status(spec, env, args.json)
+    if args.scaling:
+        return scaling(spec, env, args)
     return run(spec, env, args)
+
+
+def scaling(spec: Any, env: Any, args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from sparsebench.sweep_scaling import measure_scaling
+
+    # Its own MLflow experiment, so throwaway trials never mix with a real study's runs.
+    table = measure_scaling(spec, replace(env, experiment=f"{env.experiment}-scaling"), args.scaling)
+    if args.json:
+        print(table.to_json(orient="records"))
+        return 0
+    print(
+        f"sweep scaling of {spec.study}: {spec.n_trials} trials x {spec.epochs or 'recipe'} epochs per count"
+    )
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    last = table.iloc[-1]
+    print(f"{int(last.workers)} workers: {last.ratio:.2f}x the trials/hour of {int(table.workers.iloc[0])}")
+    return 0
 
 
 def _spec(args: argparse.Namespace, path: str | None) -> Any:

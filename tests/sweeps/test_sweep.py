@@ -292,3 +292,23 @@ def test_without_a_file_the_method_plugin_s_search_space_is_swept(
         trial.params["method.threshold"], rel=1e-12
     )
     assert trial.values[1] == pytest.approx(run.data.metrics["compression"], rel=1e-12)
+
+
+def test_scaling_runs_each_worker_count_as_a_fresh_study(
+    tmp_path: Path,
+    mnist_dir: Path,
+    mlflow_store: str,  # noqa: F811
+) -> None:
+    spec = write_spec(tmp_path, storage=str(tmp_path / "real.log"), n_trials=2)
+    args = _args(spec, mnist_dir, mlflow_store, "scale")
+    result = sweep_cli(*args, "--scaling", "1", "2", "--device", "cpu", "--json")
+    assert result.code == 0, result.err
+    table = json.loads(result.out)
+    assert [row["workers"] for row in table] == [1, 2]
+    assert all(row["trials"] == 2 for row in table)  # each count ran the whole budget afresh
+    assert table[0]["ratio"] == 1.0
+    assert table[1]["ratio"] == pytest.approx(table[1]["trials_per_hour"] / table[0]["trials_per_hour"])
+    assert all(row["wall_seconds"] > row["seconds_per_trial"] > 0 for row in table)
+    assert not (tmp_path / "real.log").exists()  # the spec's own study is left alone
+    runs = [r for r in mlflow_runs(mlflow_store, "scale-scaling") if "sweep.trial" in r.data.tags]
+    assert len(runs) == 4
