@@ -50,7 +50,11 @@ def clamped_log_alpha(theta: torch.Tensor, log_sigma2: torch.Tensor) -> torch.Te
 
 
 def weight_side(
-    theta: torch.Tensor, log_sigma2: torch.Tensor, threshold: float, train_mask: bool, sigma2_variance: bool
+    theta: torch.Tensor,
+    log_sigma2: torch.Tensor,
+    threshold: float | torch.Tensor,
+    train_mask: bool,
+    sigma2_variance: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean weight, per-weight variance) of a training step's local reparameterisation.
 
@@ -76,10 +80,21 @@ def kl_side(theta: torch.Tensor, log_sigma2: torch.Tensor) -> torch.Tensor:
 _COMPILED: dict[str, object] = {}
 
 
+# One compiled graph per weight shape and flag combination. A sweep worker runs many trials in one
+# process (several layers, both flags); the default limit of 8 graphs per function would fail the
+# ninth with fullgraph=True.
+RECOMPILE_LIMIT = 64
+
+
 def compiled(fn: object) -> object:
     """``fn`` under torch.compile, built on first use (compiling takes seconds per weight shape)."""
     name = fn.__name__  # type: ignore[attr-defined]
     if name not in _COMPILED:
+        import torch._dynamo
+
+        config = torch._dynamo.config
+        limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+        setattr(config, limit, max(getattr(config, limit), RECOMPILE_LIMIT))
         _COMPILED[name] = torch.compile(fn, fullgraph=True, dynamic=False)
     return _COMPILED[name]
 
@@ -110,11 +125,17 @@ class _SparseVDMixin:
 
     def _train_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean weight, per-weight variance) for the local reparameterisation."""
-        fn = compiled(weight_side) if self.use_compiled else weight_side
+        threshold: float | torch.Tensor = self.cfg.threshold
+        fn = weight_side
+        if self.use_compiled:
+            # A tensor, not a float: a float would be baked into the graph, one compile per value
+            # (a sweep over method.threshold recompiles at every trial).
+            fn = compiled(weight_side)  # type: ignore[assignment]
+            threshold = torch.tensor(threshold, dtype=self.weight.dtype, device=self.weight.device)
         return fn(  # type: ignore[operator]
             self.weight,
             self.log_sigma2,
-            self.cfg.threshold,
+            threshold,
             self.cfg.train_mask,
             self.cfg.variance_from == "sigma2",
         )

@@ -423,3 +423,25 @@ def test_export_after_a_warmup_step() -> None:
     optimizer.step()
     exported = method.export(model.eval(), method.masks(model))
     assert isinstance(exported[2], nn.Linear)
+
+
+def test_compiled_weight_side_does_not_recompile_per_threshold() -> None:
+    """A sweep worker runs trials with many thresholds in one process: one graph per shape, not per value."""
+    import torch._dynamo
+
+    from sparsebench.methods.sparse_vd import weight_side
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    layers = [LinearSVD.from_dense(nn.Linear(i, o), SparseVDConfig()) for i, o in ((12, 7), (7, 3))]
+    with torch.no_grad():
+        for layer in layers:
+            layer.log_sigma2.uniform_(-6, 2)
+            layer.use_compiled = True
+        for threshold in torch.linspace(-2.0, 4.0, 12).tolist():  # more values than dynamo's default limit
+            for layer in layers:
+                layer.cfg = SparseVDConfig(threshold=threshold)
+                theta, var = layer._train_weights()
+                want_theta, want_var = weight_side(layer.weight, layer.log_sigma2, threshold, True, False)
+                torch.testing.assert_close(theta, want_theta)
+                torch.testing.assert_close(var, want_var)
