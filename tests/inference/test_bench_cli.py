@@ -82,7 +82,7 @@ def test_bench_prints_a_readable_table(trained: tuple[str, str], mnist_dir: Path
     uri, run_id = trained
     result = run_cli(
         "bench", "--runs", run_id, "--data-dir", mnist_dir, "--tracking-uri", uri, "--no-log",
-        "--formats", "thinned", "--batch-sizes", 4, "--repeats", 1,
+        "--formats", "thinned", "dense", "thinned", "--batch-sizes", 4, "--repeats", 1,
     )  # fmt: skip
     assert result.code == 0, result.err
     assert "fastest at batch 4" in result.out and "thinned" in result.out and "dense" in result.out
