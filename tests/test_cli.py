@@ -274,3 +274,31 @@ def test_missing_data_falls_back_to_environment_then_cache(
     assert (
         f"MNIST not found in {tmp_path / 'cache' / 'sparsebench' / 'data' / 'mnist'} " in run_cli(*base).err
     )
+
+
+def test_sigterm_marks_the_run_killed_and_keeps_it_resumable(
+    mnist_dir: Path, tmp_path: Path, quick_tracking_uri: str
+) -> None:
+    """A scheduler's SIGTERM (``kill PID``) ends a run like Ctrl-C instead of leaving it RUNNING."""
+    import signal
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SPARSEBENCH_CHECKPOINTS": str(tmp_path / "ck")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sparsebench", "run", "--method", "dense", "--task", "lenet300_100",
+         "--data-dir", str(mnist_dir), "--tracking-uri", quick_tracking_uri, "--set", "train.epochs=500",
+         "--set", "train.val_size=200", "--no-progress"],
+        stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    deadline = time.time() + 120
+    while not list((tmp_path / "ck").rglob("*.pt")) and time.time() < deadline:  # an epoch is done
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "sparsebench run --resume" in err and "Traceback" not in err
+    client = MlflowClient(tracking_uri=quick_tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("sparsebench").experiment_id])
+    assert run.info.status == "KILLED" and run.data.tags["state"] == "interrupted"

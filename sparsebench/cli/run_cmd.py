@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
 
 EXAMPLES = """examples:
   sparsebench run --method sparsevd --task lenet300_100
@@ -61,29 +66,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def handle(args: argparse.Namespace) -> int:
     from sparsebench.config import parse_assignment
     from sparsebench.errors import ConfigError
-    from sparsebench.runner import RunRequest, train
 
     if not args.resume and not (args.method and args.task):
         raise ConfigError("run needs --method and --task (or --resume RUN); see `sparsebench list`")
     overrides = dict(parse_assignment(text) for text in args.overrides)
     if args.resume and overrides:
         raise ConfigError("--set cannot change a resumed run; start a new run instead")
-    result = train(
-        RunRequest(
-            task=args.task or "",
-            method=args.method or "",
-            overrides=overrides,
-            device=args.device,
-            data_dir=args.data_dir,
-            tracking_uri=args.tracking_uri,
-            experiment=args.experiment,
-            resume=args.resume,
-            init_from=args.init_from,
-            stop_after=args.stop_after,
-            progress=not args.no_progress,
-            tags=dict(parse_assignment(text, "--tag") for text in args.tags),
-        )
-    )
+    with _sigterm_as_interrupt():
+        result = _train(args, overrides)
     if result.status != "FINISHED":
         return 130 if result.status == "KILLED" else 0
     if args.json:
@@ -114,3 +104,42 @@ def _default_uri() -> str:
     from sparsebench.tracking import default_tracking_uri
 
     return default_tracking_uri()
+
+
+def _train(args: argparse.Namespace, overrides: dict[str, Any]) -> Any:
+    from sparsebench.config import parse_assignment
+    from sparsebench.runner import RunRequest, train
+
+    return train(
+        RunRequest(
+            task=args.task or "",
+            method=args.method or "",
+            overrides=overrides,
+            device=args.device,
+            data_dir=args.data_dir,
+            tracking_uri=args.tracking_uri,
+            experiment=args.experiment,
+            resume=args.resume,
+            init_from=args.init_from,
+            stop_after=args.stop_after,
+            progress=not args.no_progress,
+            tags=dict(parse_assignment(text, "--tag") for text in args.tags),
+        )
+    )
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """A job scheduler's SIGTERM ends the run like Ctrl-C: marked KILLED, checkpoint kept, resumable."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
