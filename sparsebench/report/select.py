@@ -26,7 +26,7 @@ REPORT_EXPERIMENT = "sparsebench-reports"
 HISTORY_KEYS = ("val_metric", "sparsity", "kl", "train_loss", "epoch_seconds")
 """Per-epoch metrics the report draws or averages."""
 
-NOT_A_SETTING = ("train.seed", "train.threads", "train.eval_batch_size")
+NOT_A_SETTING = ("train.seed", "train.threads", "train.eval_batch_size", "train.compile")
 """Config keys that differ between runs of one setting without changing what is measured."""
 
 FINAL_METRICS = {
@@ -260,9 +260,10 @@ def setting_labels(raw: pd.DataFrame) -> pd.Series:
     ]
     labels = pd.Series("default", index=raw.index, dtype=object)
     for _, group in raw.groupby(["tags.task", "tags.method"], sort=False):
-        varying = [c for c in params if group[c].fillna("").nunique() > 1]
+        # A key only some runs have (logged by a newer version, with its default) is not a change.
+        varying = [c for c in params if group[c].dropna().nunique() > 1]
         for index, row in group.iterrows():
-            parts = [f"{_short_key(c)}={row[c]}" for c in varying]
+            parts = [f"{_short_key(c)}={row[c]}" for c in varying if pd.notna(row[c])]
             labels[index] = ", ".join(parts) if parts else "default"
     return labels
 

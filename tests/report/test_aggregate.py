@@ -173,3 +173,21 @@ def test_formatting_follows_the_papers() -> None:
     assert tables.fmt_pm(1.923, 0.051) == "1.92 ± 0.05" and tables.fmt_pm(1.923, math.nan) == "1.92"
     assert tables.fmt_layers((98.94, 97.2, 62.0)) == "98.9-97.2-62.0"
     assert tables.fmt_ci(math.nan, math.nan) == tables.DASH
+
+
+def test_a_key_only_newer_runs_log_is_not_a_setting() -> None:
+    """Runs logged before a config key existed have no value for it: same setting, not a new one."""
+
+    from sparsebench.report.select import setting_labels
+
+    raw = pd.DataFrame(
+        {
+            "tags.task": ["t"] * 4,
+            "tags.method": ["m"] * 4,
+            "params.train.seed": ["0", "1", "0", "0"],
+            "params.train.amp": [np.nan, "True", "True", np.nan],
+            "params.train.compile": [np.nan, "auto", "never", np.nan],
+            "params.method.kl_weight": ["1.0", "1.0", "1.0", "2.0"],
+        }
+    )
+    assert list(setting_labels(raw)) == ["kl_weight=1.0", "kl_weight=1.0", "kl_weight=1.0", "kl_weight=2.0"]
