@@ -192,7 +192,7 @@ def search(client: Any, selection: Selection, tracking_uri: str) -> pd.DataFrame
 
 
 def sweep_parents(sweep: str, experiment_ids: list[str] | None) -> set[str]:
-    """Parent run ids of a sweep given by run id, run name or ``sweep`` tag."""
+    """Parent run ids of a sweep given by run id, run name, ``sweep`` tag or study name."""
     import mlflow
 
     parents = mlflow.search_runs(
@@ -203,7 +203,7 @@ def sweep_parents(sweep: str, experiment_ids: list[str] | None) -> set[str]:
     if parents.empty:
         return set()
     match = parents.run_id == sweep
-    for column in ("tags.mlflow.runName", "tags.sweep"):
+    for column in ("tags.mlflow.runName", "tags.sweep", "tags.sweep.study"):
         if column in parents:
             match |= parents[column] == sweep
     return set(parents.run_id[match])

@@ -272,7 +272,9 @@ def test_sweep_selection_takes_the_trials_of_one_parent(store, mnist_dir: Path) 
     from sparsebench.tracking import Tracker
 
     uri, _ = store
-    parent = Tracker.open(uri, "sweeps", tags={"sweep": "svd-sweep"}, run_name="svd-sweep")
+    # Tagged like the parent run `sparsebench sweep` opens (sparsebench.sweep.ensure_parent_run).
+    tags = {"sweep.study": "svd-sweep", "sweep.role": "parent"}
+    parent = Tracker.open(uri, "sweeps", tags=tags, run_name="sweep-svd-sweep")
     trial = train(
         RunRequest(
             "lenet300_100",
@@ -287,7 +289,7 @@ def test_sweep_selection_takes_the_trials_of_one_parent(store, mnist_dir: Path) 
         )
     )
     try:
-        for name in ("svd-sweep", parent.run_id):
+        for name in ("svd-sweep", "sweep-svd-sweep", parent.run_id):  # study, run name, run id
             assert list(load_runs(Selection(sweep=name), uri).runs.run_id) == [trial.run_id]
     finally:  # the other tests select from this store too
         make_client(uri).delete_run(trial.run_id)
