@@ -29,7 +29,7 @@ from sparsebench.config import option
 from sparsebench.errors import ConfigError
 from sparsebench.kl import gaussian_kl_standard_normal, kl_warmup
 from sparsebench.method import SparsityMethod, StepContext
-from sparsebench.surgery import modules_of_type, replace_modules
+from sparsebench.surgery import modules_of_type, replace_modules, standard_layer
 
 SCORE_CLIP = 20.0
 """Scores are clipped to +-this for the mixture fit only: a dead group's log alpha can grow without
@@ -205,14 +205,7 @@ class GroupLinear(_GroupLayer):
         return torch.addcmul(mean, torch.sqrt(var + self.eps0), torch.randn_like(mean))
 
     def to_standard(self, mask: torch.Tensor) -> nn.Linear:
-        out = nn.Linear(self.in_features, self.out_features, bias=self.bias_mu is not None)
-        out.to(self.weight_mu.device, self.weight_mu.dtype)
-        weight, bias = self.standard_params(mask)
-        with torch.no_grad():
-            out.weight.copy_(weight)
-            if bias is not None:
-                out.bias.copy_(bias)
-        return out
+        return standard_layer(self, *self.standard_params(mask))
 
 
 class GroupConv2d(_GroupLayer):
@@ -255,22 +248,7 @@ class GroupConv2d(_GroupLayer):
         return torch.addcmul(z * mean, torch.sqrt(z * z * var + self.eps0), torch.randn_like(mean))
 
     def to_standard(self, mask: torch.Tensor) -> nn.Conv2d:
-        out = nn.Conv2d(
-            self.in_channels,
-            self.out_channels,
-            self.kernel_size,
-            stride=self.stride,
-            padding=self.padding,
-            dilation=self.dilation,
-            bias=self.bias_mu is not None,
-        )
-        out.to(self.weight_mu.device, self.weight_mu.dtype)
-        weight, bias = self.standard_params(mask)
-        with torch.no_grad():
-            out.weight.copy_(weight)
-            if bias is not None:
-                out.bias.copy_(bias)
-        return out
+        return standard_layer(self, *self.standard_params(mask))
 
 
 GROUP_LAYERS = (GroupLinear, GroupConv2d)

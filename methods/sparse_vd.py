@@ -20,7 +20,7 @@ from sparsebench.config import option
 from sparsebench.kl import kl_warmup, sparse_vd_kl_sum
 from sparsebench.method import SparsityMethod, StepContext
 from sparsebench.registry import register_method
-from sparsebench.surgery import modules_of_type, replace_modules
+from sparsebench.surgery import modules_of_type, replace_modules, standard_layer
 
 LOG_ALPHA_MIN, LOG_ALPHA_MAX = -8.0, 8.0
 EPS_THETA = 1e-8
@@ -167,13 +167,7 @@ class LinearSVD(nn.Linear, _SparseVDMixin):
         return torch.addcmul(mean, std, torch.randn_like(mean))
 
     def to_dense(self, mask: torch.Tensor) -> nn.Linear:
-        out = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
-        out.to(self.weight.device, self.weight.dtype)
-        with torch.no_grad():
-            out.weight.copy_(self.weight * mask)
-            if self.bias is not None:
-                out.bias.copy_(self.bias)
-        return out
+        return standard_layer(self, self.weight.detach() * mask, self.bias)
 
 
 class Conv2dSVD(nn.Conv2d, _SparseVDMixin):
@@ -209,23 +203,7 @@ class Conv2dSVD(nn.Conv2d, _SparseVDMixin):
         return torch.addcmul(mean, std, torch.randn_like(mean))
 
     def to_dense(self, mask: torch.Tensor) -> nn.Conv2d:
-        out = nn.Conv2d(
-            self.in_channels,
-            self.out_channels,
-            self.kernel_size,
-            stride=self.stride,
-            padding=self.padding,
-            dilation=self.dilation,
-            groups=self.groups,
-            bias=self.bias is not None,
-            padding_mode=self.padding_mode,
-        )
-        out.to(self.weight.device, self.weight.dtype)
-        with torch.no_grad():
-            out.weight.copy_(self.weight * mask)
-            if self.bias is not None:
-                out.bias.copy_(self.bias)
-        return out
+        return standard_layer(self, self.weight.detach() * mask, self.bias)
 
 
 SVD_LAYERS = (_SparseVDMixin,)

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from sparsebench.metrics import WEIGHT_LAYERS, weight_tensors
+from sparsebench.surgery import standard_layer
 
 
 def alive_units(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -225,20 +226,11 @@ def _foldable(layer: nn.Module, emitted: torch.Tensor) -> torch.Tensor:
 def _shrink_layer(
     m: nn.Module, out_keep: torch.Tensor, in_keep: torch.Tensor, bias_add: torch.Tensor
 ) -> nn.Module:
-    w = m.weight.detach()[out_keep][:, in_keep]
     extra = bias_add[out_keep]
-    has_bias = m.bias is not None or bool((extra != 0).any())
-    if isinstance(m, nn.Linear):
-        new = nn.Linear(w.shape[1], w.shape[0], bias=has_bias)
-    else:
-        new = nn.Conv2d(w.shape[1], w.shape[0], m.kernel_size, m.stride, m.padding, m.dilation, bias=has_bias)
-    new.to(w.device, w.dtype)
-    with torch.no_grad():
-        new.weight.copy_(w)
-        if has_bias:
-            base = m.bias.detach()[out_keep] if m.bias is not None else torch.zeros_like(extra)
-            new.bias.copy_(base + extra)
-    return new
+    bias = None
+    if m.bias is not None or bool((extra != 0).any()):
+        bias = (m.bias.detach()[out_keep] if m.bias is not None else torch.zeros_like(extra)) + extra
+    return standard_layer(m, m.weight.detach()[out_keep][:, in_keep], bias)
 
 
 def _shrink_norm(m: nn.Module, keep: torch.Tensor | None) -> nn.Module:

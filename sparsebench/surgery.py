@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import nn
 
 
@@ -30,3 +31,32 @@ def replace_modules(model: nn.Module, swap: Callable[[str, nn.Module], nn.Module
 
 def modules_of_type(model: nn.Module, types: type | tuple[type, ...]) -> dict[str, nn.Module]:
     return {path: m for path, m in model.named_modules() if isinstance(m, types)}
+
+
+def standard_layer(like: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
+    """A plain ``nn.Linear`` / ``nn.Conv2d`` holding ``weight`` and ``bias``, shaped by the tensors.
+
+    Exports (Sparse VD, Group NJ) and the thinned model all end in standard layers; the conv
+    geometry (kernel, stride, padding, dilation, groups) comes from ``like``.
+    """
+    if weight.dim() == 2:
+        out: nn.Module = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+    else:
+        groups = getattr(like, "groups", 1)
+        out = nn.Conv2d(
+            weight.shape[1] * groups,
+            weight.shape[0],
+            like.kernel_size,
+            stride=like.stride,
+            padding=like.padding,
+            dilation=like.dilation,
+            groups=groups,
+            bias=bias is not None,
+            padding_mode=getattr(like, "padding_mode", "zeros"),
+        )
+    out.to(weight.device, weight.dtype)
+    with torch.no_grad():
+        out.weight.copy_(weight)
+        if bias is not None:
+            out.bias.copy_(bias)
+    return out

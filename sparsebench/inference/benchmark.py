@@ -56,9 +56,9 @@ class LoadedRun:
 def load_run(run_id: str, tracking_uri: str | None, data_dir: str | None) -> LoadedRun:
     """Rebuild a finished run's exported model from MLflow and read its task's test inputs."""
     from sparsebench.data.paths import data_root
-    from sparsebench.report.select import ArtifactReader
+    from sparsebench.report.select import ArtifactReader, load_model
     from sparsebench.runner import plan_run
-    from sparsebench.tracking import make_client
+    from sparsebench.tracking import default_tracking_uri, make_client
 
     client = make_client(tracking_uri)
     try:
@@ -67,10 +67,9 @@ def load_run(run_id: str, tracking_uri: str | None, data_dir: str | None) -> Loa
         raise RunNotFoundError(
             f"no MLflow run {run_id}; list runs with `mlflow ui` or `sparsebench report`"
         ) from exc
-    reader = ArtifactReader(client)
-    config = reader.json(run_id, "config.json")
-    weights = reader.download(run_id, "model/model.pt")
-    if config is None or weights is None:
+    config = ArtifactReader(client).json(run_id, "config.json")
+    exported = load_model(tracking_uri or default_tracking_uri(), run_id)
+    if config is None or exported is None:
         raise RunNotFoundError(
             f"run {run_id} has no exported model (model/model.pt and config.json); "
             "only finished runs can be benchmarked"
@@ -78,7 +77,7 @@ def load_run(run_id: str, tracking_uri: str | None, data_dir: str | None) -> Loa
     task_overrides = {k: v for k, v in config.items() if k.startswith("task.") and k != "task.name"}
     plan = plan_run(config["task.name"], config["method.name"], task_overrides)
     model = plan.task.build_model()
-    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True)["state_dict"])
+    model.load_state_dict(exported["state_dict"])
     model.eval()
     splits = plan.task.load_data(
         data_root(data_dir), torch.device("cpu"), int(config.get("train.val_size", 5000))
