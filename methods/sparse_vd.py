@@ -8,6 +8,8 @@ is removed. Specified in docs/methods.md sections 1-2.
 from __future__ import annotations
 
 import copy
+import math
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -17,7 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from sparsebench.config import option
-from sparsebench.kl import kl_warmup, sparse_vd_kl_sum
+from sparsebench.kl import K1, K2, K3, kl_warmup, sparse_vd_kl_sum
 from sparsebench.method import SparsityMethod, StepContext
 from sparsebench.registry import register_method
 from sparsebench.surgery import modules_of_type, replace_modules, standard_layer
@@ -58,8 +60,8 @@ def weight_side(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean weight, per-weight variance) of a training step's local reparameterisation.
 
-    One function so that ``torch.compile`` can fuse its element-wise passes over every weight
-    into a single kernel (forward and backward).
+    The reference formulation, differentiated by autograd; the training path uses ``FusedSVD``,
+    which computes the same values (and the KL) with a hand-written backward.
     """
     la = clamped_log_alpha(theta, log_sigma2)
     keep = la < threshold
@@ -73,8 +75,117 @@ def weight_side(
 
 
 def kl_side(theta: torch.Tensor, log_sigma2: torch.Tensor) -> torch.Tensor:
-    """KL of one layer's weights, straight from the parameters (fused under ``torch.compile``)."""
+    """KL of one layer's weights, straight from the parameters."""
     return sparse_vd_kl_sum(clamped_log_alpha(theta, log_sigma2))
+
+
+EXP_NEG_K2 = math.exp(-K2)
+
+
+def fused_forward(
+    theta: torch.Tensor,
+    log_sigma2: torch.Tensor,
+    threshold: torch.Tensor,
+    train_mask: bool,
+    sigma2_variance: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mean weight, variance, KL, unclamped log alpha) in one pass over the weights.
+
+    Written for few transcendental functions per weight, which are what this pass costs on a CPU:
+    sigmoid(k2 + k3 l) = 1 / (1 + e^-k2 e^(-k3 l)) and softplus(-l) = log(1 + 1/alpha) reuse alpha.
+    The unclamped log alpha is returned for the backward, which would otherwise recompute a log.
+    """
+    u = log_sigma2 - torch.log(theta * theta + EPS_THETA)
+    la = torch.clamp(u, LOG_ALPHA_MIN, LOG_ALPHA_MAX)
+    alpha = torch.exp(la)
+    keep = (la < threshold).to(theta.dtype)
+    theta_used = theta * keep if train_mask else theta
+    if sigma2_variance:
+        var = torch.exp(log_sigma2) * keep if train_mask else torch.exp(log_sigma2)
+    else:
+        var = alpha * theta_used * theta_used
+    sig = 1.0 / (1.0 + EXP_NEG_K2 * torch.exp(-K3 * la))
+    kl = K1 * theta.numel() - K1 * sig.sum() + 0.5 * torch.log1p(1.0 / alpha).sum()
+    return theta_used, var, kl, u
+
+
+def fused_backward(
+    theta: torch.Tensor,
+    log_sigma2: torch.Tensor,
+    u: torch.Tensor,
+    threshold: torch.Tensor,
+    g_theta: torch.Tensor | None,
+    g_var: torch.Tensor | None,
+    g_kl: torch.Tensor | None,
+    train_mask: bool,
+    sigma2_variance: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of ``fused_forward`` for theta and log sigma^2, in one pass over the weights.
+
+    The clamp's gradient is torch.clamp's: it passes where -8 <= u <= 8 and is zero outside.
+    """
+    la = torch.clamp(u, LOG_ALPHA_MIN, LOG_ALPHA_MAX)
+    alpha = torch.exp(la)
+    keep = (la < threshold).to(theta.dtype)
+    theta_used = theta * keep if train_mask else theta
+    d_theta = torch.zeros_like(theta)
+    d_la = torch.zeros_like(theta)
+    d_log_sigma2 = torch.zeros_like(theta)
+    if g_theta is not None:
+        d_theta = g_theta * keep if train_mask else g_theta
+    if g_var is not None:
+        if sigma2_variance:
+            var = torch.exp(log_sigma2) * keep if train_mask else torch.exp(log_sigma2)
+            d_log_sigma2 = g_var * var
+        else:
+            scaled = g_var * alpha
+            d_la = scaled * (theta_used * theta_used)
+            d_theta = d_theta + 2.0 * scaled * theta_used
+    if g_kl is not None:
+        sig = 1.0 / (1.0 + EXP_NEG_K2 * torch.exp(-K3 * la))
+        # d/dl of -k1 sigmoid(k2 + k3 l) + 0.5 softplus(-l); sigmoid(-l) = 1 / (1 + alpha)
+        d_la = d_la - g_kl * (K1 * K3 * sig * (1.0 - sig) + 0.5 / (1.0 + alpha))
+    d_u = d_la * ((u >= LOG_ALPHA_MIN) & (u <= LOG_ALPHA_MAX)).to(theta.dtype)
+    d_theta = d_theta - d_u * (2.0 * theta / (theta * theta + EPS_THETA))
+    return d_theta, d_log_sigma2 + d_u
+
+
+class FusedSVD(torch.autograd.Function):
+    """The weight side of a Sparse VD layer and its KL as one autograd node.
+
+    Autograd through the reference formulas makes separate passes over every weight for log alpha,
+    the mask, the variance and the KL, and as many again backwards; this node makes one pass each
+    way, and both passes compile to single kernels (``use_compiled``).
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        theta: torch.Tensor,
+        log_sigma2: torch.Tensor,
+        threshold: torch.Tensor,
+        train_mask: bool,
+        sigma2_variance: bool,
+        use_compiled: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        fn = compiled(fused_forward) if use_compiled else fused_forward
+        theta_used, var, kl, u = fn(theta, log_sigma2, threshold, train_mask, sigma2_variance)  # type: ignore[operator]
+        ctx.save_for_backward(theta, log_sigma2, u, threshold)
+        ctx.set_materialize_grads(False)  # an unused output (the KL during warm-up) gets None: no work
+        ctx.flags = (train_mask, sigma2_variance)
+        ctx.use_compiled = use_compiled
+        return theta_used, var, kl
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: Any, g_theta: torch.Tensor | None, g_var: torch.Tensor | None, g_kl: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, ...]:
+        theta, log_sigma2, u, threshold = ctx.saved_tensors
+        fn = compiled(fused_backward) if ctx.use_compiled else fused_backward
+        d_theta, d_log_sigma2 = fn(  # type: ignore[operator]
+            theta, log_sigma2, u, threshold, g_theta, g_var, g_kl, *ctx.flags
+        )
+        return d_theta, d_log_sigma2, None, None, None, None
 
 
 _COMPILED: dict[str, object] = {}
@@ -97,6 +208,13 @@ def compiled(fn: object) -> object:
         setattr(config, limit, max(getattr(config, limit), RECOMPILE_LIMIT))
         _COMPILED[name] = torch.compile(fn, fullgraph=True, dynamic=False)
     return _COMPILED[name]
+
+
+_KL_STASH: weakref.WeakKeyDictionary[nn.Module, tuple[torch.Tensor, tuple[int, ...]]] = (
+    weakref.WeakKeyDictionary()
+)
+"""The KL each layer's last training forward computed, with the parameter versions it saw. Kept
+outside the modules so that copying or pickling a model never meets a tensor of the graph."""
 
 
 class _SparseVDMixin:
@@ -123,22 +241,40 @@ class _SparseVDMixin:
         fn = compiled(kl_side) if self.use_compiled else kl_side
         return fn(self.weight, self.log_sigma2)  # type: ignore[operator]
 
+    def _param_key(self) -> tuple[int, ...]:
+        return (self.weight.data_ptr(), self.weight._version, self.log_sigma2._version)
+
+    def training_kl(self) -> torch.Tensor:
+        """The KL for this step's loss: the one the training forward computed, when still valid.
+
+        The forward's fused kernel computes the KL in the same pass as the variance weights, and its
+        backward returns both gradients in one pass. It is used once, and only if no optimiser step
+        or other in-place edit has touched the parameters since; otherwise the KL is recomputed.
+        """
+        stash = _KL_STASH.pop(self, None)
+        if stash is not None:
+            kl, key = stash
+            if key == self._param_key() and (kl.requires_grad or not torch.is_grad_enabled()):
+                return kl
+        return self.kl()
+
     def _train_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean weight, per-weight variance) for the local reparameterisation."""
-        threshold: float | torch.Tensor = self.cfg.threshold
-        fn = weight_side
-        if self.use_compiled:
-            # A tensor, not a float: a float would be baked into the graph, one compile per value
-            # (a sweep over method.threshold recompiles at every trial).
-            fn = compiled(weight_side)  # type: ignore[assignment]
-            threshold = torch.tensor(threshold, dtype=self.weight.dtype, device=self.weight.device)
-        return fn(  # type: ignore[operator]
+        """(mean weight, per-weight variance) for the local reparameterisation.
+
+        The threshold goes in as a tensor, not a float: a float would be baked into the compiled
+        graph, one compile per value (a sweep over method.threshold recompiles at every trial).
+        """
+        threshold = torch.tensor(self.cfg.threshold, dtype=self.weight.dtype, device=self.weight.device)
+        theta, var, kl = FusedSVD.apply(
             self.weight,
             self.log_sigma2,
             threshold,
             self.cfg.train_mask,
             self.cfg.variance_from == "sigma2",
+            self.use_compiled,
         )
+        _KL_STASH[self] = (kl, self._param_key())
+        return theta, var
 
     def _eval_weight(self) -> torch.Tensor:
         return self.weight * self.keep_mask()
@@ -247,10 +383,14 @@ class SparseVD(SparsityMethod):
         return sum(m.kl() for m in modules_of_type(model, SVD_LAYERS).values())  # type: ignore[return-value]
 
     def regularizer(self, model: nn.Module, ctx: StepContext) -> torch.Tensor | None:
+        layers = modules_of_type(model, SVD_LAYERS).values()
         beta = kl_warmup(ctx.epoch, self.config.kl_warmup_start, self.config.kl_warmup_epochs)
         if beta == 0.0:
+            for m in layers:  # drop the forward's KL: a later step must not pick up a stale one
+                _KL_STASH.pop(m, None)
             return None
-        return (beta * self.config.kl_weight / ctx.num_train) * self.kl(model)
+        kl = sum(m.training_kl() for m in layers)
+        return (beta * self.config.kl_weight / ctx.num_train) * kl  # type: ignore[return-value]
 
     def epoch_metrics(self, model: nn.Module) -> dict[str, float]:
         with torch.no_grad():

@@ -445,3 +445,68 @@ def test_compiled_weight_side_does_not_recompile_per_threshold() -> None:
                 want_theta, want_var = weight_side(layer.weight, layer.log_sigma2, threshold, True, False)
                 torch.testing.assert_close(theta, want_theta)
                 torch.testing.assert_close(var, want_var)
+
+
+# --- The fused weight side: one autograd node for the mean weight, the variance and the KL ----------
+
+
+@pytest.mark.parametrize("train_mask", [True, False])
+@pytest.mark.parametrize("variance_from", ["clamped_alpha", "sigma2"])
+@pytest.mark.parametrize("used", [(1, 1, 1), (1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 0)])
+def test_fused_weight_side_has_the_gradients_of_the_reference_formulas(
+    train_mask: bool, variance_from: str, used: tuple[int, int, int]
+) -> None:
+    """Values and hand-written gradients equal autograd through section 2.2/2.4's formulas, including
+    weights clamped at both ends and outputs the loss does not use (their gradient is None)."""
+    from sparsebench.methods.sparse_vd import FusedSVD, kl_side, weight_side
+
+    gen = torch.Generator().manual_seed(3)
+    theta = torch.randn(20, 15, generator=gen, dtype=torch.float64) * 0.1
+    log_sigma2 = torch.empty(20, 15, dtype=torch.float64).uniform_(-14, 4, generator=gen)
+    log_sigma2[0, :5], log_sigma2[1, :5] = 30.0, -60.0  # log alpha far above 8 and below -8
+    sigma2 = variance_from == "sigma2"
+    weights = [torch.randn(20, 15, generator=gen, dtype=torch.float64) for _ in range(2)]
+    weights.append(torch.randn((), generator=gen, dtype=torch.float64))
+
+    def loss_and_grads(outputs: tuple[torch.Tensor, ...], params: tuple[torch.Tensor, ...]) -> tuple:
+        terms = [(o * w).sum() for o, w, u in zip(outputs, weights, used, strict=True) if u]
+        grads = torch.autograd.grad(sum(terms), params, allow_unused=True)
+        return tuple(torch.zeros_like(p) if g is None else g for g, p in zip(grads, params, strict=True))
+
+    a, b = theta.clone().requires_grad_(), log_sigma2.clone().requires_grad_()
+    threshold = torch.tensor(3.0, dtype=torch.float64)
+    fused = FusedSVD.apply(a, b, threshold, train_mask, sigma2, False)
+    ra, rb = theta.clone().requires_grad_(), log_sigma2.clone().requires_grad_()
+    reference = (*weight_side(ra, rb, 3.0, train_mask, sigma2), kl_side(ra, rb))
+    for got, want in zip(fused, reference, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+    grads = loss_and_grads(fused, (a, b))
+    for got, want in zip(grads, loss_and_grads(reference, (ra, rb)), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-12)
+    if not (used[1] and sigma2):  # only exp(log sigma^2) itself depends on log sigma^2 past the clamp
+        assert float(grads[1][:2, :5].abs().max()) == 0.0
+
+
+def test_regularizer_after_an_optimizer_step_or_an_edit_is_fresh() -> None:
+    """The regularizer reuses the KL of the step's forward only while the parameters are unchanged."""
+    method, model, x, y = small_model()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    F.cross_entropy(model(x), y).backward()
+    optimizer.step()  # the forward's KL is now stale
+    assert value(method.regularizer(model, context(1))) == pytest.approx(
+        value(independent_kl(model) / N_TRAIN), rel=1e-12
+    )
+    model(x)
+    with torch.no_grad():
+        model[2].log_sigma2.add_(0.7)
+    assert value(method.regularizer(model, context(1))) == pytest.approx(
+        value(independent_kl(model) / N_TRAIN), rel=1e-12
+    )
+
+
+def test_regularizer_twice_after_one_forward_can_be_backpropagated_twice() -> None:
+    """The forward's KL is handed out once: a second call builds a fresh graph of its own."""
+    method, model, x, y = small_model()
+    model(x)
+    method.regularizer(model, context(1)).backward()
+    method.regularizer(model, context(1)).backward()
