@@ -399,17 +399,20 @@ MIN_SEPARATION = 2.0
 def auto_threshold(scores: torch.Tensor, fallback: float) -> float:
     """Midpoint between the two modes of a 2-component fit to the scores (methods.md 4.6).
 
-    The midpoint is used only when the fit finds two separated modes (Ashman's D >= 2) that lie
-    on either side of ``fallback``, a threshold that is sensible on its own (bc's -3 for log
-    alpha). Otherwise the layer has one mode, kept groups with a tail, say, and a midpoint would
-    cut through it; ``fallback`` then decides the layer wholesale.
+    The midpoint is used when the fit finds two separated modes (Ashman's D >= 2) and the upper
+    one lies above ``fallback``, a threshold that is sensible on its own (bc's -3 for log alpha),
+    so that it is a mode of removed groups. Otherwise the layer has no such mode (one mode, or kept
+    groups with a tail below the fallback) and a midpoint would cut through kept groups; the
+    fallback then decides the layer. The kept mode itself may straddle the fallback: after a long
+    run LeNet-300-100's input groups sit around -5 to -1 and the dead ones near +10, where bc's
+    -3 would remove half of the kept ones.
     """
     scores = scores.detach()
     if scores.numel() < 2 or float(scores.max() - scores.min()) < 1e-6:
         return fallback
     fit = fit_two_gaussians(scores)
-    straddles = fit.means[0] < fallback < fit.means[1]
-    return fit.midpoint if fit.separation >= MIN_SEPARATION and straddles else fallback
+    removed_mode = fit.means[1] > fallback
+    return fit.midpoint if fit.separation >= MIN_SEPARATION and removed_mode else fallback
 
 
 # ----------------------------------------------------------------------------------------------
@@ -447,6 +450,11 @@ class GroupConfig:
     clip_var: float = option(0.04, "cap on the weight and bias variances after every step (0 = off)")
     clip_var_layers: list[str] = option(
         ["first_linear"], "layers clip_var applies to: module paths, 'first_linear' (bc: fc1 only) or 'all'"
+    )
+    calibration_tolerance: float = option(
+        0.1,
+        "automatic thresholds: after training, shift every layer's threshold to the sparsest "
+        "setting whose validation metric is within this of the best (in the metric's units)",
     )
     kl_weight: float = option(1.0, "extra multiplier of KL/N (1 = the ELBO)")
     kl_warmup_start: int = option(0, "epochs with KL weight 0 before the warm-up ramp (bc: 0)")
@@ -569,21 +577,51 @@ class GroupMethod(SparsityMethod):
             return metrics
 
     def calibrate(self, model: nn.Module, validate: Callable[[nn.Module], float]) -> dict[str, float]:
-        """Fix each layer's threshold: the configured one, else the mixture midpoint (section 4.6).
+        """Fix each layer's threshold on the validation split (section 4.6).
 
-        The midpoint needs no validation data; the chosen values are returned so the core logs
-        them, together with each layer's mode separation (Ashman's D; below 2 the layer had a
-        single mode and got ``fallback_threshold``).
+        First each layer gets its base threshold: the configured one, else the mixture midpoint.
+        Unless thresholds were configured, one shift common to all layers is then chosen on the
+        validation split: of the shifts of ``curve_thresholds``, the one with the fewest weights
+        left whose validation metric is within ``calibration_tolerance`` of the best shift's.
+        Groups between the two modes are often dispensable, which a midpoint cannot know. Returns
+        the chosen values, which the core logs, with each layer's mode separation (Ashman's D;
+        below 2 the layer had a single mode and got ``fallback_threshold``).
         """
         chosen: dict[str, float] = {}
-        for path, layer in self.layers(model):
-            t = layer.current_threshold()
-            layer.threshold.fill_(t)
-            chosen[f"threshold.{path}"] = t
+        layers = self.layers(model)
+        for path, layer in layers:
+            layer.threshold.fill_(layer.current_threshold())
             scores = layer.scale.prune_score().detach()
             if scores.numel() >= 2 and float(scores.max() - scores.min()) >= 1e-6:
                 chosen[f"separation.{path}"] = fit_two_gaussians(scores).separation
+        if not self.config.thresholds:
+            shift, best, picked = self.select_shift(model, validate)
+            for _, layer in layers:
+                layer.threshold.add_(shift)
+            chosen.update({"shift": shift, "val_best": best, "val_chosen": picked})
+        for path, layer in layers:
+            chosen[f"threshold.{path}"] = float(layer.threshold)
         return chosen
+
+    @torch.no_grad()
+    def select_shift(
+        self, model: nn.Module, validate: Callable[[nn.Module], float]
+    ) -> tuple[float, float, float]:
+        """(shift, best validation metric, validation metric at the shift) of the sparsest shift
+        within ``calibration_tolerance`` of the best; ties go to the larger (safer) shift."""
+        points = []
+        for shift in self.curve_thresholds():
+            masks = self.masks_at(model, shift)
+            if not any(bool(m.any()) for m in masks.values()):
+                continue  # nothing left: not a model
+            nonzeros = sum(int(m.sum()) for m in masks.values())
+            points.append((shift, nonzeros, validate(self.export(model, masks).eval())))
+        if not points:
+            return 0.0, math.nan, math.nan
+        best = min(v for _, _, v in points)
+        within = [p for p in points if p[2] <= best + self.config.calibration_tolerance]
+        shift, _, picked = min(within, key=lambda p: (p[1], -p[0]))
+        return shift, best, picked
 
     def masks(self, model: nn.Module) -> dict[str, torch.Tensor]:
         return self.masks_at(model, 0.0)

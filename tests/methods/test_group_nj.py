@@ -17,7 +17,7 @@ from sparsebench.kl import sparse_vd_kl
 from sparsebench.method import StepContext
 from sparsebench.methods._group import GroupConv2d, GroupLinear, auto_threshold, fit_two_gaussians
 from sparsebench.methods.group_hs import GroupHS, HSScale, kl_lognormal_gamma, kl_lognormal_invgamma
-from sparsebench.methods.group_nj import GroupNJ, NJScale
+from sparsebench.methods.group_nj import GroupNJ, GroupNJConfig, NJScale
 from sparsebench.structured import shrink_sequential, structured_table
 
 
@@ -368,16 +368,57 @@ def test_auto_threshold_is_the_midpoint_between_two_modes() -> None:
 
 
 def test_calibrate_fixes_and_returns_the_chosen_thresholds() -> None:
+    """Base thresholds (midpoint, or the fallback for a single mode), then one shift chosen on the
+    validation metric: the sparsest one that keeps every group the validation needs."""
     torch.manual_seed(0)
     method = GroupNJ()
     model = method.convert(mini_lenet5())
-    scores = torch.cat([torch.full((8,), -8.0), torch.full((8,), 6.0)]) + 0.1 * torch.randn(16)
-    set_(model.fc1.scale.z_logvar, scores.double())
-    chosen = method.calibrate(model, validate=lambda m: 0.0)
-    assert chosen["threshold.fc1"] == pytest.approx(-1.0, abs=0.2)
-    assert chosen["threshold.conv1"] == -3.0  # single mode at init: the fallback
-    assert float(model.fc1.threshold) == chosen["threshold.fc1"]
+    # fc1's inputs: 8 needed (-8), 4 dispensable between the modes (-2), 4 dead (+6).
+    scores = torch.cat([torch.full((8,), -8.0), torch.full((4,), -2.0), torch.full((4,), 6.0)])
+    set_(model.fc1.scale.z_logvar, (scores + 0.1 * torch.randn(16)).double())
+    midpoint = auto_threshold(model.fc1.scale.prune_score(), -3.0)
+    assert -6.0 < midpoint < 0.0
+
+    def validate(exported: nn.Module) -> float:
+        """Error 0 while every filter of conv1, filters 0-1 of conv2 and fc1's inputs 0-7 are alive."""
+        alive = (
+            bool(exported.conv1.weight.flatten(1).any(dim=1).all())
+            and bool(exported.conv2.weight[:2].flatten(1).any(dim=1).all())
+            and bool(exported.fc1.weight[:, :8].any(dim=0).all())
+        )
+        return 0.0 if alive else 10.0
+
+    chosen = method.calibrate(model, validate)
+    # The sparsest acceptable masks remove fc1's inputs 8-15: fc1's threshold at most -2.3, and above
+    # -7.7; conv1's filters (log alpha -9 +- 0.03 at init, fallback -3) need a shift above -6. Of the
+    # shifts on the 0.5 grid that give those masks, ties go to the largest.
+    grid = [x / 2 for x in range(-12, 13)]
+    want = max(g for g in grid if -7.7 < midpoint + g <= -2.3 and g > -6.0)
+    assert chosen["shift"] == want
+    assert chosen["val_chosen"] == 0.0 and chosen["val_best"] == 0.0
+    assert chosen["threshold.fc1"] == pytest.approx(midpoint + want)
+    assert chosen["threshold.conv1"] == pytest.approx(-3.0 + want)
+    assert float(model.fc1.threshold) == pytest.approx(chosen["threshold.fc1"])
     assert int(model.fc1.group_keep().sum()) == 8
+    assert int(model.conv1.group_keep().sum()) == 3
+
+
+def test_configured_thresholds_are_not_shifted() -> None:
+    method = GroupNJ(GroupNJConfig(thresholds=[-2.0, -3.0, -4.0, -5.0]))
+    model = method.convert(mini_lenet5())
+    chosen = method.calibrate(model, validate=lambda m: 0.0)
+    assert "shift" not in chosen
+    assert [chosen[f"threshold.{p}"] for p in ("conv1", "conv2", "fc1", "fc2")] == [-2.0, -3.0, -4.0, -5.0]
+
+
+def test_auto_threshold_cuts_between_modes_even_when_the_kept_mode_straddles_the_fallback() -> None:
+    """After a long run the kept groups of a layer spread around -3 and the dead ones sit near +10;
+    bc's -3 would remove half of the kept ones."""
+    torch.manual_seed(0)
+    scores = torch.cat([torch.randn(300) * 1.0 - 3.0, torch.randn(200) * 0.7 + 10.0])
+    threshold = auto_threshold(scores, fallback=-3.0)
+    assert 2.0 < threshold < 5.0
+    assert int((scores[:300] < threshold).sum()) == 300
 
 
 # --- group horseshoe -----------------------------------------------------------------------------
