@@ -332,3 +332,16 @@ def test_resumed_run_keeps_masks_and_ends_identical(mnist_dir: Path, tracking_ur
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert resumed.summary["nonzeros"] == full.summary["nonzeros"] == 53_240  # 20 % of 266,200
     assert resumed.test_metric == full.test_metric
+
+
+def test_magnitude_trains_mnist_tasks_with_hans_l2_unless_told_otherwise() -> None:
+    from sparsebench.runner import plan_run
+
+    for task in ("lenet300_100", "lenet5"):
+        assert plan_run(task, "magnitude", {}).train.weight_decay == 5e-4
+        assert plan_run(task, "magnitude", {"train.weight_decay": 0.0}).train.weight_decay == 0.0
+        assert plan_run(task, "dense", {}).train.weight_decay == 0.0
+    assert (
+        plan_run("ptb_lstm", "magnitude", {}).train.weight_decay
+        == plan_run("ptb_lstm", "dense", {}).train.weight_decay
+    )
