@@ -7,9 +7,10 @@ its layer's threshold, which also removes the matching rows/columns of the neigh
 Specified in docs/methods.md section 4; the layers, chain and export live in ``_group.py``.
 
 Thresholds: given per layer (``method.thresholds``, bc's example uses -2.8, -3, -5), or chosen
-after training as the midpoint between the two component means of a 2-Gaussian fit to each
-layer's log alpha_z (section 4.6); a layer whose scores have a single mode gets
-``fallback_threshold``.
+after training on the validation split: each layer's base is the midpoint between the two component
+means of a 2-Gaussian fit to its log alpha_z (section 4.6; a layer whose scores have no mode above
+``fallback_threshold`` gets that value), then one shift common to all layers is picked, the
+sparsest whose validation metric is within ``calibration_tolerance`` of the best shift's.
 """
 
 from __future__ import annotations
