@@ -40,6 +40,11 @@ class SparseVDConfig:
     train_mask: bool = option(
         True, "zero weights above the threshold in the training forward too (ars LeNets)"
     )
+    variance_mask: bool = option(
+        True,
+        "with train_mask: masked weights inject no noise either (ars conv layers, chainer); False "
+        "keeps their noise in the variance, as ars' dense layers do",
+    )
     variance_from: Literal["clamped_alpha", "sigma2"] = option(
         "clamped_alpha", "training variance from clamped alpha * theta^2 (ars) or from exp(log sigma^2)"
     )
@@ -57,6 +62,7 @@ def weight_side(
     threshold: float | torch.Tensor,
     train_mask: bool,
     sigma2_variance: bool,
+    mask_variance: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean weight, per-weight variance) of a training step's local reparameterisation.
 
@@ -65,13 +71,13 @@ def weight_side(
     """
     la = clamped_log_alpha(theta, log_sigma2)
     keep = la < threshold
-    if train_mask:
-        theta = theta * keep
+    masked = theta * keep if train_mask else theta
+    noisy = masked if mask_variance else theta
     if sigma2_variance:
-        var = torch.exp(log_sigma2) * keep if train_mask else torch.exp(log_sigma2)
+        var = torch.exp(log_sigma2) * keep if train_mask and mask_variance else torch.exp(log_sigma2)
     else:
-        var = torch.exp(la) * theta * theta
-    return theta, var
+        var = torch.exp(la) * noisy * noisy
+    return masked, var
 
 
 def kl_side(theta: torch.Tensor, log_sigma2: torch.Tensor) -> torch.Tensor:
@@ -88,6 +94,7 @@ def fused_forward(
     threshold: torch.Tensor,
     train_mask: bool,
     sigma2_variance: bool,
+    mask_variance: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(mean weight, variance, KL, unclamped log alpha) in one pass over the weights.
 
@@ -100,10 +107,11 @@ def fused_forward(
     alpha = torch.exp(la)
     keep = (la < threshold).to(theta.dtype)
     theta_used = theta * keep if train_mask else theta
+    noisy = theta_used if mask_variance else theta
     if sigma2_variance:
-        var = torch.exp(log_sigma2) * keep if train_mask else torch.exp(log_sigma2)
+        var = torch.exp(log_sigma2) * keep if train_mask and mask_variance else torch.exp(log_sigma2)
     else:
-        var = alpha * theta_used * theta_used
+        var = alpha * noisy * noisy
     sig = 1.0 / (1.0 + EXP_NEG_K2 * torch.exp(-K3 * la))
     kl = K1 * theta.numel() - K1 * sig.sum() + 0.5 * torch.log1p(1.0 / alpha).sum()
     return theta_used, var, kl, u
@@ -119,6 +127,7 @@ def fused_backward(
     g_kl: torch.Tensor | None,
     train_mask: bool,
     sigma2_variance: bool,
+    mask_variance: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients of ``fused_forward`` for theta and log sigma^2, in one pass over the weights.
 
@@ -127,7 +136,7 @@ def fused_backward(
     la = torch.clamp(u, LOG_ALPHA_MIN, LOG_ALPHA_MAX)
     alpha = torch.exp(la)
     keep = (la < threshold).to(theta.dtype)
-    theta_used = theta * keep if train_mask else theta
+    noisy = theta * keep if train_mask and mask_variance else theta
     d_theta = torch.zeros_like(theta)
     d_la = torch.zeros_like(theta)
     d_log_sigma2 = torch.zeros_like(theta)
@@ -135,12 +144,12 @@ def fused_backward(
         d_theta = g_theta * keep if train_mask else g_theta
     if g_var is not None:
         if sigma2_variance:
-            var = torch.exp(log_sigma2) * keep if train_mask else torch.exp(log_sigma2)
+            var = torch.exp(log_sigma2) * keep if train_mask and mask_variance else torch.exp(log_sigma2)
             d_log_sigma2 = g_var * var
         else:
             scaled = g_var * alpha
-            d_la = scaled * (theta_used * theta_used)
-            d_theta = d_theta + 2.0 * scaled * theta_used
+            d_la = scaled * (noisy * noisy)
+            d_theta = d_theta + 2.0 * scaled * noisy
     if g_kl is not None:
         sig = 1.0 / (1.0 + EXP_NEG_K2 * torch.exp(-K3 * la))
         # d/dl of -k1 sigmoid(k2 + k3 l) + 0.5 softplus(-l); sigmoid(-l) = 1 / (1 + alpha)
@@ -166,13 +175,15 @@ class FusedSVD(torch.autograd.Function):
         threshold: torch.Tensor,
         train_mask: bool,
         sigma2_variance: bool,
+        mask_variance: bool,
         use_compiled: bool,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         fn = compiled(fused_forward) if use_compiled else fused_forward
-        theta_used, var, kl, u = fn(theta, log_sigma2, threshold, train_mask, sigma2_variance)  # type: ignore[operator]
+        flags = (train_mask, sigma2_variance, mask_variance)
+        theta_used, var, kl, u = fn(theta, log_sigma2, threshold, *flags)  # type: ignore[operator]
         ctx.save_for_backward(theta, log_sigma2, u, threshold)
         ctx.set_materialize_grads(False)  # an unused output (the KL during warm-up) gets None: no work
-        ctx.flags = (train_mask, sigma2_variance)
+        ctx.flags = flags
         ctx.use_compiled = use_compiled
         return theta_used, var, kl
 
@@ -185,7 +196,7 @@ class FusedSVD(torch.autograd.Function):
         d_theta, d_log_sigma2 = fn(  # type: ignore[operator]
             theta, log_sigma2, u, threshold, g_theta, g_var, g_kl, *ctx.flags
         )
-        return d_theta, d_log_sigma2, None, None, None, None
+        return d_theta, d_log_sigma2, None, None, None, None, None
 
 
 _COMPILED: dict[str, object] = {}
@@ -271,6 +282,7 @@ class _SparseVDMixin:
             threshold,
             self.cfg.train_mask,
             self.cfg.variance_from == "sigma2",
+            self.cfg.variance_mask,
             self.use_compiled,
         )
         _KL_STASH[self] = (kl, self._param_key())

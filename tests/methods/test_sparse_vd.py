@@ -450,11 +450,11 @@ def test_compiled_weight_side_does_not_recompile_per_threshold() -> None:
 # --- The fused weight side: one autograd node for the mean weight, the variance and the KL ----------
 
 
-@pytest.mark.parametrize("train_mask", [True, False])
+@pytest.mark.parametrize(("train_mask", "mask_variance"), [(True, True), (True, False), (False, True)])
 @pytest.mark.parametrize("variance_from", ["clamped_alpha", "sigma2"])
 @pytest.mark.parametrize("used", [(1, 1, 1), (1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 0)])
 def test_fused_weight_side_has_the_gradients_of_the_reference_formulas(
-    train_mask: bool, variance_from: str, used: tuple[int, int, int]
+    train_mask: bool, mask_variance: bool, variance_from: str, used: tuple[int, int, int]
 ) -> None:
     """Values and hand-written gradients equal autograd through section 2.2/2.4's formulas, including
     weights clamped at both ends and outputs the loss does not use (their gradient is None)."""
@@ -475,9 +475,9 @@ def test_fused_weight_side_has_the_gradients_of_the_reference_formulas(
 
     a, b = theta.clone().requires_grad_(), log_sigma2.clone().requires_grad_()
     threshold = torch.tensor(3.0, dtype=torch.float64)
-    fused = FusedSVD.apply(a, b, threshold, train_mask, sigma2, False)
+    fused = FusedSVD.apply(a, b, threshold, train_mask, sigma2, mask_variance, False)
     ra, rb = theta.clone().requires_grad_(), log_sigma2.clone().requires_grad_()
-    reference = (*weight_side(ra, rb, 3.0, train_mask, sigma2), kl_side(ra, rb))
+    reference = (*weight_side(ra, rb, 3.0, train_mask, sigma2, mask_variance), kl_side(ra, rb))
     for got, want in zip(fused, reference, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
     grads = loss_and_grads(fused, (a, b))
@@ -510,3 +510,24 @@ def test_regularizer_twice_after_one_forward_can_be_backpropagated_twice() -> No
     model(x)
     method.regularizer(model, context(1)).backward()
     method.regularizer(model, context(1)).backward()
+
+
+def test_unmasked_variance_keeps_the_noise_of_pruned_weights() -> None:
+    """ars' dense layers: a pruned weight leaves the mean but its alpha * theta^2 stays in the variance."""
+    layer = linear_svd(3, 2, variance_mask=False)
+    theta = torch.tensor([[0.5, -1.0, 2.0], [1.5, 0.25, -0.75]], dtype=torch.float64)
+    log_alpha = torch.tensor([[-2.0, 4.0, 0.0], [5.0, -1.0, 3.5]], dtype=torch.float64)
+    set_posterior(layer, theta, log_alpha)
+    mean, var = layer._train_weights()
+    keep = log_alpha < 3.0
+    torch.testing.assert_close(mean, theta * keep)
+    torch.testing.assert_close(var, torch.exp(log_alpha) * theta * theta)
+    masked_mean, masked_var = linear_svd_like(layer, variance_mask=True)._train_weights()
+    torch.testing.assert_close(masked_mean, mean)
+    torch.testing.assert_close(masked_var, var * keep)
+
+
+def linear_svd_like(layer: LinearSVD, **config: object) -> LinearSVD:
+    twin = copy.deepcopy(layer)
+    twin.cfg = SparseVDConfig(**config)
+    return twin
