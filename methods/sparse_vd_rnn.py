@@ -210,6 +210,8 @@ class SequenceLinearSVD(LinearSVD):
     the whole batch and every time step, the rule used for the word-level PTB results.
     """
 
+    masked_noise_in_ars = False  # sbrnn masks the whole weight sample of its output layer
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return super().forward(x)

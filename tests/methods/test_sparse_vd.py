@@ -442,7 +442,9 @@ def test_compiled_weight_side_does_not_recompile_per_threshold() -> None:
             for layer in layers:
                 layer.cfg = SparseVDConfig(threshold=threshold)
                 theta, var = layer._train_weights()
-                want_theta, want_var = weight_side(layer.weight, layer.log_sigma2, threshold, True, False)
+                want_theta, want_var = weight_side(
+                    layer.weight, layer.log_sigma2, threshold, True, False, layer._mask_variance()
+                )
                 torch.testing.assert_close(theta, want_theta)
                 torch.testing.assert_close(var, want_var)
 
@@ -514,7 +516,7 @@ def test_regularizer_twice_after_one_forward_can_be_backpropagated_twice() -> No
 
 def test_unmasked_variance_keeps_the_noise_of_pruned_weights() -> None:
     """ars' dense layers: a pruned weight leaves the mean but its alpha * theta^2 stays in the variance."""
-    layer = linear_svd(3, 2, variance_mask=False)
+    layer = linear_svd(3, 2, variance_mask="none")
     theta = torch.tensor([[0.5, -1.0, 2.0], [1.5, 0.25, -0.75]], dtype=torch.float64)
     log_alpha = torch.tensor([[-2.0, 4.0, 0.0], [5.0, -1.0, 3.5]], dtype=torch.float64)
     set_posterior(layer, theta, log_alpha)
@@ -522,7 +524,7 @@ def test_unmasked_variance_keeps_the_noise_of_pruned_weights() -> None:
     keep = log_alpha < 3.0
     torch.testing.assert_close(mean, theta * keep)
     torch.testing.assert_close(var, torch.exp(log_alpha) * theta * theta)
-    masked_mean, masked_var = linear_svd_like(layer, variance_mask=True)._train_weights()
+    masked_mean, masked_var = linear_svd_like(layer, variance_mask="all")._train_weights()
     torch.testing.assert_close(masked_mean, mean)
     torch.testing.assert_close(masked_var, var * keep)
 
@@ -531,3 +533,14 @@ def linear_svd_like(layer: LinearSVD, **config: object) -> LinearSVD:
     twin = copy.deepcopy(layer)
     twin.cfg = SparseVDConfig(**config)
     return twin
+
+
+def test_ars_variance_rule_keeps_masked_noise_in_linear_layers_only() -> None:
+    from sparsebench.methods.sparse_vd_rnn import SequenceLinearSVD
+
+    assert linear_svd(3, 2)._mask_variance() is False  # the default rule, "ars"
+    assert conv_svd()._mask_variance() is True
+    sequence = SequenceLinearSVD.from_dense(nn.Linear(3, 2), SparseVDConfig())
+    assert sequence._mask_variance() is True
+    assert linear_svd(3, 2, variance_mask="all")._mask_variance() is True
+    assert conv_svd(variance_mask="none")._mask_variance() is False
