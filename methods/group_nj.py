@@ -23,6 +23,7 @@ from torch import nn
 from sparsebench.config import TrainConfig, option
 from sparsebench.kl import sparse_vd_kl
 from sparsebench.registry import register_method
+from sparsebench.tasks._mnist import MNIST_TASKS
 
 from ._group import INIT_LOGVAR, INIT_STD, GroupConfig, GroupMethod, GroupScale
 
@@ -77,9 +78,6 @@ class GroupNJ(GroupMethod):
 
     def adjust_recipe(self, task: str, recipe: TrainConfig) -> TrainConfig:
         return bc_recipe(task, recipe)
-
-
-MNIST_TASKS = ("lenet300_100", "lenet5")
 
 
 def bc_recipe(task: str, recipe: TrainConfig) -> TrainConfig:

@@ -30,6 +30,7 @@ from sparsebench.masking import (
 )
 from sparsebench.method import StepContext
 from sparsebench.registry import register_method
+from sparsebench.tasks._mnist import MNIST_TASKS
 
 
 @dataclass
@@ -108,8 +109,6 @@ def iterative_steps(total_steps: int, steps_per_epoch: int, rounds: int, retrain
 HAN_L2 = 5e-4
 """Han et al. train the dense net with L2 before pruning (L2 beats L1 after retraining); 5e-4 is the
 weight decay of Caffe's LeNet solvers, which their LeNet experiments ran on (methods.md 6.1, 9.2)."""
-
-MNIST_TASKS = ("lenet300_100", "lenet5")
 
 
 def han_recipe(task: str, recipe: TrainConfig) -> TrainConfig:

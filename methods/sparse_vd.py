@@ -174,13 +174,11 @@ class FusedSVD(torch.autograd.Function):
         theta: torch.Tensor,
         log_sigma2: torch.Tensor,
         threshold: torch.Tensor,
-        train_mask: bool,
-        sigma2_variance: bool,
-        mask_variance: bool,
+        flags: tuple[bool, bool, bool],
         use_compiled: bool,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``flags`` = (train_mask, sigma2_variance, mask_variance) of ``fused_forward``."""
         fn = compiled(fused_forward) if use_compiled else fused_forward
-        flags = (train_mask, sigma2_variance, mask_variance)
         theta_used, var, kl, u = fn(theta, log_sigma2, threshold, *flags)  # type: ignore[operator]
         ctx.save_for_backward(theta, log_sigma2, u, threshold)
         ctx.set_materialize_grads(False)  # an unused output (the KL during warm-up) gets None: no work
@@ -197,7 +195,7 @@ class FusedSVD(torch.autograd.Function):
         d_theta, d_log_sigma2 = fn(  # type: ignore[operator]
             theta, log_sigma2, u, threshold, g_theta, g_var, g_kl, *ctx.flags
         )
-        return d_theta, d_log_sigma2, None, None, None, None, None
+        return d_theta, d_log_sigma2, None, None, None
 
 
 _COMPILED: dict[str, object] = {}
@@ -283,9 +281,7 @@ class _SparseVDMixin:
             self.weight,
             self.log_sigma2,
             threshold,
-            self.cfg.train_mask,
-            self.cfg.variance_from == "sigma2",
-            self._mask_variance(),
+            (self.cfg.train_mask, self.cfg.variance_from == "sigma2", self._mask_variance()),
             self.use_compiled,
         )
         _KL_STASH[self] = (kl, self._param_key())

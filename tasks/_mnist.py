@@ -14,6 +14,9 @@ from sparsebench.task import Splits, Task
 ARS = "Molchanov et al. 2017, ars README table (ars-ashuha/variational-dropout-sparsifies-dnn)"
 BC = "Louizos et al. 2017, bc README table (KarenUllrich/Tutorial_BayesianCompressionForDL)"
 
+MNIST_TASKS = ("lenet300_100", "lenet5")
+"""Names of the tasks built on ``MnistTask``, for methods whose recipe differs on them."""
+
 
 class MnistTask(Task):
     """MNIST scaled by 1/256 minus the training mean image (ars ``data/reader.py``)."""

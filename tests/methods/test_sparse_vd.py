@@ -477,7 +477,7 @@ def test_fused_weight_side_has_the_gradients_of_the_reference_formulas(
 
     a, b = theta.clone().requires_grad_(), log_sigma2.clone().requires_grad_()
     threshold = torch.tensor(3.0, dtype=torch.float64)
-    fused = FusedSVD.apply(a, b, threshold, train_mask, sigma2, mask_variance, False)
+    fused = FusedSVD.apply(a, b, threshold, (train_mask, sigma2, mask_variance), False)
     ra, rb = theta.clone().requires_grad_(), log_sigma2.clone().requires_grad_()
     reference = (*weight_side(ra, rb, 3.0, train_mask, sigma2, mask_variance), kl_side(ra, rb))
     for got, want in zip(fused, reference, strict=True):
