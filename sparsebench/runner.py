@@ -351,7 +351,12 @@ def finish(plan: Plan, model: nn.Module, splits: Any, tracker: Tracker, device: 
     model.eval()
     calibration = method.calibrate(model, lambda m: evaluate(task, m, splits.val, cfg.eval_batch_size))
     if calibration:
-        tracker.log_metrics({f"calibration.{k}": v for k, v in calibration.items()}, step=cfg.epochs)
+        # The last epoch's method metrics (kept groups, ...) and sparsity were measured with the
+        # thresholds before calibration; log them again at the same step so the run's latest
+        # values describe the model that is exported and tested.
+        recount = {**method.epoch_metrics(model), "sparsity": current_sparsity(method, model)}
+        recount.update({f"calibration.{k}": v for k, v in calibration.items()})
+        tracker.log_metrics(recount, step=cfg.epochs)
     masks = method.masks(model)
     exported = method.export(model, masks).eval()
     check_export(exported, masks)

@@ -284,3 +284,40 @@ def test_the_recipe_follows_task_options_given_on_the_command_line() -> None:
     # train.* still edits the recipe of the chosen preset.
     edited = plan_run("ptb_lstm", "dense", {"task.preset": "small", "train.epochs": 2}).train
     assert (edited.epochs, edited.lr) == (2, 20.0)
+
+
+def test_a_calibrated_run_reports_the_groups_of_the_exported_model(
+    mnist_dir: Path,
+    quick_tracking_uri: str,
+    run_cli: Callable[..., CliResult],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """The final ``groups_kept`` and ``sparsity`` follow the thresholds calibration chose.
+
+    The shift is forced to drop half of the first layer's inputs, so counts left over from the
+    last epoch would disagree with the exported model.
+    """
+    from sparsebench.methods._group import GroupMethod
+
+    def halve_the_first_layer(self: GroupMethod, model: nn.Module, validate: Any) -> tuple[float, ...]:
+        _, first = self.layers(model)[0]
+        return float(first.scale.prune_score().detach().median()) - first.current_threshold(), 0.0, 0.0
+
+    monkeypatch.setattr(GroupMethod, "select_shift", halve_the_first_layer)
+    monkeypatch.setattr(GroupMethod, "curve_thresholds", lambda self: ())
+    result = run_cli("run", "--method", "group_nj", "--task", "lenet300_100", "--data-dir", mnist_dir,
+                     "--tracking-uri", quick_tracking_uri, "--no-progress", "--set", "train.epochs=1",
+                     "--set", "train.val_size=200")  # fmt: skip
+    assert result.code == 0, result.err
+    client = client_for(quick_tracking_uri)
+    run_id = run_id_in(result.err)
+    metrics = client.get_run(run_id).data.metrics
+    assert metrics["calibration.shift"] < 0
+    exported = exported_model(client, run_id, tmp_path)
+    fc1 = exported["masks"]["fc1"]
+    read_inputs = int(fc1.any(dim=0).sum())
+    assert metrics["groups_kept.fc1"] == read_inputs < max(values_of(client, run_id, "groups_kept.fc1"))
+    kept = sum(int(m.sum()) for m in exported["masks"].values())
+    total = sum(m.numel() for m in exported["masks"].values())
+    assert metrics["sparsity"] == pytest.approx(100.0 * (total - kept) / total)
