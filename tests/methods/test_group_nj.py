@@ -371,7 +371,7 @@ def test_calibrate_fixes_and_returns_the_chosen_thresholds() -> None:
     """Base thresholds (midpoint, or the fallback for a single mode), then one shift chosen on the
     validation metric: the sparsest one that keeps every group the validation needs."""
     torch.manual_seed(0)
-    method = GroupNJ()
+    method = GroupNJ(GroupNJConfig(calibration="shared"))
     model = method.convert(mini_lenet5())
     # fc1's inputs: 8 needed (-8), 4 dispensable between the modes (-2), 4 dead (+6).
     scores = torch.cat([torch.full((8,), -8.0), torch.full((4,), -2.0), torch.full((4,), 6.0)])
@@ -401,6 +401,41 @@ def test_calibrate_fixes_and_returns_the_chosen_thresholds() -> None:
     assert float(model.fc1.threshold) == pytest.approx(chosen["threshold.fc1"])
     assert int(model.fc1.group_keep().sum()) == 8
     assert int(model.conv1.group_keep().sum()) == 3
+
+
+def test_per_layer_calibration_prunes_a_layer_the_shared_shift_cannot_reach() -> None:
+    """conv2's needed filters sit just below its base threshold, fc1's dispensable inputs far
+    below fc1's: no common shift removes the latter without killing the former."""
+    torch.manual_seed(0)
+    fc1_scores = torch.cat([torch.full((8,), -8.0), torch.full((4,), -2.0), torch.full((4,), 10.0)])
+    conv2_scores = torch.tensor([-1.0, -1.0, 1.0, 1.0])
+
+    def validate(exported: nn.Module) -> float:
+        """Error 0 while every filter of conv1, filters 0-1 of conv2 and fc1's inputs 0-7 are alive."""
+        alive = (
+            bool(exported.conv1.weight.flatten(1).any(dim=1).all())
+            and bool(exported.conv2.weight[:2].flatten(1).any(dim=1).all())
+            and bool(exported.fc1.weight[:, :8].any(dim=0).all())
+        )
+        return 0.0 if alive else 10.0
+
+    kept = {}
+    for rule in ("shared", "per_layer"):
+        method = GroupNJ(GroupNJConfig(calibration=rule))
+        model = method.convert(mini_lenet5())
+        set_(model.fc1.scale.z_logvar, (fc1_scores + 0.01 * torch.randn(16)).double())
+        set_(model.conv2.scale.z_logvar, conv2_scores.double())
+        # The premise: fc1's base keeps the dispensable inputs, conv2's sits 1 above its needed filters.
+        assert auto_threshold(model.fc1.scale.prune_score(), -3.0) > -1.0
+        assert auto_threshold(model.conv2.scale.prune_score(), -3.0) == pytest.approx(0.0, abs=0.05)
+        chosen = method.calibrate(model, validate)
+        assert chosen["val_chosen"] == 0.0
+        kept[rule] = int(model.fc1.group_keep().sum())
+        masks = method.masks(model)
+        assert validate(method.export(model, masks)) == 0.0
+        kept[rule + " weights"] = sum(int(m.sum()) for m in masks.values())
+    assert kept["shared"] == 12 and kept["per_layer"] == 8
+    assert kept["per_layer weights"] < kept["shared weights"]
 
 
 def test_configured_thresholds_are_not_shifted() -> None:
