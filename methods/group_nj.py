@@ -10,7 +10,8 @@ Thresholds: given per layer (``method.thresholds``, bc's example uses -2.8, -3, 
 after training on the validation split: each layer's base is the midpoint between the two component
 means of a 2-Gaussian fit to its log alpha_z (section 4.6; a layer whose scores have no mode above
 ``fallback_threshold`` gets that value), then one shift common to all layers is picked, the
-sparsest whose validation metric is within ``calibration_tolerance`` of the best shift's.
+sparsest whose validation metric is within ``calibration_tolerance`` of the best shift's; with
+``calibration=per_layer`` single layers are then lowered further within the same tolerance.
 """
 
 from __future__ import annotations
