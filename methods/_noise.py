@@ -20,6 +20,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from sparsebench.noise import standard_normal_like
+
 
 class InputNoise(nn.Module):
     """Multiplicative noise on a layer's input; the layer then runs unchanged on the noisy input."""
@@ -95,7 +97,7 @@ class WeightNoise(nn.Module):
         theta = layer.weight
         mean = layer.op(x, theta, layer.bias)
         var = layer.op(x * x, torch.exp(self.log_alpha) * theta * theta, None)
-        return torch.addcmul(mean, torch.sqrt(var + self.eps0), torch.randn_like(mean))
+        return torch.addcmul(mean, torch.sqrt(var + self.eps0), standard_normal_like(mean))
 
     def extra_repr(self) -> str:
         return f"eps0={self.eps0}"

@@ -19,7 +19,7 @@ import torch
 from sparsebench.data.tensors import TensorBatches
 from sparsebench.method import StepContext
 from sparsebench.registry import METHODS, TASKS
-from sparsebench.runner import autocast, build_optimizer
+from sparsebench.runner import autocast, build_optimizer, place_model
 
 PHASES = ("data", "forward", "regularizer", "backward", "optimizer", "method_hooks")
 
@@ -56,7 +56,7 @@ def bench_pair(
     method = METHODS.get(method_name)()
     recipe = method.adjust_recipe(task.name, task.default_recipe(method.name))
     torch.manual_seed(0)
-    model = method.convert(task.build_model()).to(device)
+    model = place_model(method.convert(task.build_model()), device)
     if compile_kernels:
         method.enable_compile(model)
     optimizer = build_optimizer(recipe, model)

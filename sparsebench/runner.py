@@ -161,6 +161,19 @@ def evaluate(task: Task, model: nn.Module, split: Batches, batch_size: int) -> f
     return task.finalize_metric(float(total), split.num_examples)
 
 
+def place_model(model: nn.Module, device: torch.device) -> nn.Module:
+    """Move a model to the training device, its convolution weights channels-last on CPU.
+
+    oneDNN's convolutions and max-pooling run faster on channels-last tensors; with the weights
+    in that layout the activations follow. Measured on LeNet-5, one thread, in one process
+    (``sparsebench bench --train``): see README, Training throughput.
+    """
+    model = model.to(device)
+    if device.type == "cpu" and any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
 def current_sparsity(method: SparsityMethod, model: nn.Module) -> float:
     """% of prunable weights the method's masks remove right now (for progress and curves)."""
     masks = method.masks(model)
@@ -206,7 +219,7 @@ def train(request: RunRequest) -> RunResult:
         load_init(model, request.init_from, request.tracking_uri)
     if (reason := method.not_applicable(model)) is not None:
         raise ConfigError(f"{method.name} does not apply to {task.name}: {reason}")
-    model = method.convert(model).to(device)
+    model = place_model(method.convert(model), device)
     optimizer = build_optimizer(cfg, model)
     generator = torch.Generator().manual_seed(cfg.seed)
     start_epoch, step = 0, 0

@@ -321,3 +321,38 @@ def test_a_calibrated_run_reports_the_groups_of_the_exported_model(
     kept = sum(int(m.sum()) for m in exported["masks"].values())
     total = sum(m.numel() for m in exported["masks"].values())
     assert metrics["sparsity"] == pytest.approx(100.0 * (total - kept) / total)
+
+
+@pytest.mark.usefixtures("no_curve")
+def test_a_channels_last_conv_run_resumes_to_the_same_weights(
+    mnist_dir: Path, quick_tracking_uri: str, tmp_path: Path, run_cli: Callable[..., CliResult]
+) -> None:
+    """LeNet-5 trains channels-last on CPU: its checkpoint (weights and Adam state) must restore."""
+    train = ["--method", "sparse_vd", "--task", "lenet5", "--set", "train.epochs=2",
+             "--set", "train.val_size=200"]  # fmt: skip
+    common = ["--data-dir", mnist_dir, "--tracking-uri", quick_tracking_uri, "--no-progress"]
+    client = client_for(quick_tracking_uri)
+    paused = run_cli("run", *train, *common, "--stop-after", "1")
+    run_id = run_id_in(paused.err)
+    state = torch.load(checkpoint.checkpoint_path(run_id), weights_only=False)
+    assert state["model"]["conv2.weight"].is_contiguous(memory_format=torch.channels_last)
+    assert run_cli("run", "--resume", run_id, *common).code == 0
+    full = run_cli("run", *train, *common)
+    full_model = exported_model(client, run_id_in(full.err), tmp_path)
+    assert_same_model(exported_model(client, run_id, tmp_path), full_model)
+
+
+def test_place_model_puts_conv_weights_channels_last_on_cpu_only_when_there_are_convs() -> None:
+    from sparsebench.runner import place_model
+
+    cpu = torch.device("cpu")
+    convnet = place_model(nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(8 * 4, 2)), cpu)
+    assert convnet[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert not convnet[0].weight.is_contiguous()
+    x = torch.randn(5, 3, 4, 4)
+    reference = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(8 * 4, 2))
+    reference.load_state_dict(convnet.state_dict())
+    # Flatten still reads channels first: the channels-last model computes the same function.
+    torch.testing.assert_close(convnet(x), reference(x))
+    mlp = place_model(nn.Sequential(nn.Linear(4, 3)), cpu)
+    assert mlp[0].weight.is_contiguous()
