@@ -367,6 +367,17 @@ def test_auto_threshold_is_the_midpoint_between_two_modes() -> None:
     assert auto_threshold(tail, fallback=-3.0) == -3.0
 
 
+def needs_early_groups(exported: nn.Module) -> float:
+    """A validation error for calibration tests: 0 while every filter of conv1, filters 0-1 of
+    conv2 and fc1's inputs 0-7 are alive, 10 otherwise."""
+    alive = (
+        bool(exported.conv1.weight.flatten(1).any(dim=1).all())
+        and bool(exported.conv2.weight[:2].flatten(1).any(dim=1).all())
+        and bool(exported.fc1.weight[:, :8].any(dim=0).all())
+    )
+    return 0.0 if alive else 10.0
+
+
 def test_calibrate_fixes_and_returns_the_chosen_thresholds() -> None:
     """Base thresholds (midpoint, or the fallback for a single mode), then one shift chosen on the
     validation metric: the sparsest one that keeps every group the validation needs."""
@@ -379,16 +390,7 @@ def test_calibrate_fixes_and_returns_the_chosen_thresholds() -> None:
     midpoint = auto_threshold(model.fc1.scale.prune_score(), -3.0)
     assert -6.0 < midpoint < 0.0
 
-    def validate(exported: nn.Module) -> float:
-        """Error 0 while every filter of conv1, filters 0-1 of conv2 and fc1's inputs 0-7 are alive."""
-        alive = (
-            bool(exported.conv1.weight.flatten(1).any(dim=1).all())
-            and bool(exported.conv2.weight[:2].flatten(1).any(dim=1).all())
-            and bool(exported.fc1.weight[:, :8].any(dim=0).all())
-        )
-        return 0.0 if alive else 10.0
-
-    chosen = method.calibrate(model, validate)
+    chosen = method.calibrate(model, needs_early_groups)
     # The sparsest acceptable masks remove fc1's inputs 8-15: fc1's threshold at most -2.3, and above
     # -7.7; conv1's filters (log alpha -9 +- 0.03 at init, fallback -3) need a shift above -6. Of the
     # shifts on the 0.5 grid that give those masks, ties go to the largest.
@@ -410,15 +412,6 @@ def test_per_layer_calibration_prunes_a_layer_the_shared_shift_cannot_reach() ->
     fc1_scores = torch.cat([torch.full((8,), -8.0), torch.full((4,), -2.0), torch.full((4,), 10.0)])
     conv2_scores = torch.tensor([-1.0, -1.0, 1.0, 1.0])
 
-    def validate(exported: nn.Module) -> float:
-        """Error 0 while every filter of conv1, filters 0-1 of conv2 and fc1's inputs 0-7 are alive."""
-        alive = (
-            bool(exported.conv1.weight.flatten(1).any(dim=1).all())
-            and bool(exported.conv2.weight[:2].flatten(1).any(dim=1).all())
-            and bool(exported.fc1.weight[:, :8].any(dim=0).all())
-        )
-        return 0.0 if alive else 10.0
-
     kept = {}
     for rule in ("shared", "per_layer"):
         method = GroupNJ(GroupNJConfig(calibration=rule))
@@ -428,11 +421,11 @@ def test_per_layer_calibration_prunes_a_layer_the_shared_shift_cannot_reach() ->
         # The premise: fc1's base keeps the dispensable inputs, conv2's sits 1 above its needed filters.
         assert auto_threshold(model.fc1.scale.prune_score(), -3.0) > -1.0
         assert auto_threshold(model.conv2.scale.prune_score(), -3.0) == pytest.approx(0.0, abs=0.05)
-        chosen = method.calibrate(model, validate)
+        chosen = method.calibrate(model, needs_early_groups)
         assert chosen["val_chosen"] == 0.0
         kept[rule] = int(model.fc1.group_keep().sum())
         masks = method.masks(model)
-        assert validate(method.export(model, masks)) == 0.0
+        assert needs_early_groups(method.export(model, masks)) == 0.0
         kept[rule + " weights"] = sum(int(m.sum()) for m in masks.values())
     assert kept["shared"] == 12 and kept["per_layer"] == 8
     assert kept["per_layer weights"] < kept["shared weights"]
