@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -200,8 +200,23 @@ def load_init(model: nn.Module, run_id: str, tracking_uri: str | None) -> None:
         ) from exc
 
 
+def with_full_run_ids(request: RunRequest) -> RunRequest:
+    """``--resume`` and ``--init-from`` accept the short ids that tables and logs print."""
+    if not (request.resume or request.init_from):
+        return request
+    from sparsebench.tracking import make_client, resolve_run_id
+
+    client = make_client(request.tracking_uri)
+    return replace(
+        request,
+        resume=request.resume and resolve_run_id(client, request.resume, "--resume"),
+        init_from=request.init_from and resolve_run_id(client, request.init_from, "--init-from"),
+    )
+
+
 def train(request: RunRequest) -> RunResult:
     """Run one (task, method) training job end to end and log it to MLflow."""
+    request = with_full_run_ids(request)
     ckpt = checkpoint.load(request.resume) if request.resume else None
     if ckpt is not None:
         plan = plan_run(ckpt["task"], ckpt["method"], ckpt["config"])

@@ -119,6 +119,40 @@ def make_client(tracking_uri: str | None) -> Any:
     return MlflowClient(tracking_uri=uri)
 
 
+MIN_RUN_PREFIX = 6
+
+
+def resolve_run_id(client: Any, run_id: str, flag: str = "run") -> str:
+    """The full id of the run that ``run_id`` names: the id itself or a unique prefix of it.
+
+    Tables, logs and the README quote runs by their first 8 characters (``--init-from c120ee89``),
+    so every flag that takes a run accepts what a user can copy from them, as git does for commits.
+    """
+    try:
+        return client.get_run(run_id).info.run_id
+    except Exception:
+        pass
+    prefix = run_id.strip().lower()
+    if len(prefix) >= MIN_RUN_PREFIX and all(c in "0123456789abcdef" for c in prefix):
+        experiments = [e.experiment_id for e in client.search_experiments()]
+        matches = sorted(
+            {
+                r.info.run_id
+                for r in client.search_runs(
+                    experiments, filter_string=f"attributes.run_id LIKE '{prefix}%'", max_results=3
+                )
+            }
+        )
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            raise ConfigError(f"{flag} {run_id} is ambiguous ({', '.join(matches)}); give more of the run id")
+    raise RunNotFoundError(
+        f"{flag} {run_id}: no such MLflow run (give its id or its first {MIN_RUN_PREFIX}+ characters; "
+        "list runs with `mlflow ui` or `sparsebench report`)"
+    )
+
+
 def ensure_experiment(client: Any, name: str, tracking_uri: str | None) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:

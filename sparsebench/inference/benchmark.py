@@ -58,15 +58,10 @@ def load_run(run_id: str, tracking_uri: str | None, data_dir: str | None) -> Loa
     from sparsebench.data.paths import data_root
     from sparsebench.report.select import ArtifactReader, load_model
     from sparsebench.runner import plan_run
-    from sparsebench.tracking import default_tracking_uri, make_client
+    from sparsebench.tracking import default_tracking_uri, make_client, resolve_run_id
 
     client = make_client(tracking_uri)
-    try:
-        client.get_run(run_id)
-    except Exception as exc:
-        raise RunNotFoundError(
-            f"no MLflow run {run_id}; list runs with `mlflow ui` or `sparsebench report`"
-        ) from exc
+    run_id = resolve_run_id(client, run_id)
     config = ArtifactReader(client).json(run_id, "config.json")
     exported = load_model(tracking_uri or default_tracking_uri(), run_id)
     if config is None or exported is None:

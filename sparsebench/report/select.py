@@ -11,7 +11,7 @@ import json
 import os
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -117,9 +117,12 @@ class RunSet:
 
 def load_runs(selection: Selection, tracking_uri: str) -> RunSet:
     """Select finished training runs and read their logged tables and curves."""
-    from sparsebench.tracking import make_client
+    from sparsebench.tracking import make_client, resolve_run_id
 
     client = make_client(tracking_uri)
+    if selection.run_ids:
+        full = tuple(resolve_run_id(client, run_id, "--run") for run_id in selection.run_ids)
+        selection = replace(selection, run_ids=full)
     raw = search(client, selection, tracking_uri)
     runs = tidy(raw)
     if runs.empty:
