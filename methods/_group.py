@@ -29,7 +29,7 @@ from sparsebench.config import option
 from sparsebench.errors import ConfigError
 from sparsebench.kl import gaussian_kl_standard_normal, kl_warmup
 from sparsebench.method import SparsityMethod, StepContext
-from sparsebench.noise import standard_normal_like
+from sparsebench.noise import gaussian_preactivation
 from sparsebench.surgery import modules_of_type, replace_modules, standard_layer
 
 SCORE_CLIP = 20.0
@@ -203,7 +203,7 @@ class GroupLinear(_GroupLayer):
         mean = F.linear(u, self.weight_mu, self.bias_mu)
         bias_var = None if self.bias_logvar is None else self.bias_logvar.exp()
         var = F.linear(u * u, self.weight_logvar.exp(), bias_var)
-        return torch.addcmul(mean, torch.sqrt(var + self.eps0), standard_normal_like(mean))
+        return gaussian_preactivation(mean, var, self.eps0)
 
     def to_standard(self, mask: torch.Tensor) -> nn.Linear:
         return standard_layer(self, *self.standard_params(mask))
@@ -246,7 +246,7 @@ class GroupConv2d(_GroupLayer):
         mean = self._conv(x, self.weight_mu, self.bias_mu)
         var = self._conv(x * x, self.weight_logvar.exp(), bias_var)
         z = self.scale.sample(x.shape[0])[:, :, None, None]
-        return torch.addcmul(z * mean, torch.sqrt(z * z * var + self.eps0), standard_normal_like(mean))
+        return gaussian_preactivation(z * mean, z * z * var, self.eps0)
 
     def to_standard(self, mask: torch.Tensor) -> nn.Conv2d:
         return standard_layer(self, *self.standard_params(mask))

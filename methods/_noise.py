@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from sparsebench.noise import standard_normal_like
+from sparsebench.noise import gaussian_preactivation
 
 
 class InputNoise(nn.Module):
@@ -97,7 +97,7 @@ class WeightNoise(nn.Module):
         theta = layer.weight
         mean = layer.op(x, theta, layer.bias)
         var = layer.op(x * x, torch.exp(self.log_alpha) * theta * theta, None)
-        return torch.addcmul(mean, torch.sqrt(var + self.eps0), standard_normal_like(mean))
+        return gaussian_preactivation(mean, var, self.eps0)
 
     def extra_repr(self) -> str:
         return f"eps0={self.eps0}"

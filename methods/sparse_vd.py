@@ -21,7 +21,7 @@ from torch.nn import functional as F
 from sparsebench.config import option
 from sparsebench.kl import K1, K2, K3, kl_warmup, sparse_vd_kl_sum
 from sparsebench.method import SparsityMethod, StepContext
-from sparsebench.noise import standard_normal_like
+from sparsebench.noise import gaussian_preactivation
 from sparsebench.registry import register_method
 from sparsebench.surgery import modules_of_type, replace_modules, standard_layer
 
@@ -320,8 +320,7 @@ class LinearSVD(nn.Linear, _SparseVDMixin):
             return F.linear(x, self._eval_weight(), self.bias)
         theta, var = self._train_weights()
         mean = F.linear(x, theta, self.bias)
-        std = torch.sqrt(F.linear(x * x, var) + self.cfg.eps0)
-        return torch.addcmul(mean, std, standard_normal_like(mean))
+        return gaussian_preactivation(mean, F.linear(x * x, var), self.cfg.eps0)
 
     def to_dense(self, mask: torch.Tensor) -> nn.Linear:
         return standard_layer(self, self.weight.detach() * mask, self.bias)
@@ -356,8 +355,7 @@ class Conv2dSVD(nn.Conv2d, _SparseVDMixin):
             return self._conv_forward(x, self._eval_weight(), self.bias)
         theta, var = self._train_weights()
         mean = self._conv_forward(x, theta, self.bias)
-        std = torch.sqrt(self._conv_forward(x * x, var, None) + self.cfg.eps0)
-        return torch.addcmul(mean, std, standard_normal_like(mean))
+        return gaussian_preactivation(mean, self._conv_forward(x * x, var, None), self.cfg.eps0)
 
     def to_dense(self, mask: torch.Tensor) -> nn.Conv2d:
         return standard_layer(self, self.weight.detach() * mask, self.bias)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from sparsebench.noise import standard_normal_like
+from sparsebench.noise import gaussian_preactivation, standard_normal_like
 
 
 def test_channels_last_draws_keep_the_layout_and_are_standard_normal() -> None:
@@ -25,3 +25,37 @@ def test_contiguous_draws_are_randn_like_draws() -> None:
     a = standard_normal_like(t)
     torch.manual_seed(1)
     assert torch.equal(a, torch.randn_like(t))
+
+
+def reference_preactivation(mean: torch.Tensor, var: torch.Tensor, eps: float) -> torch.Tensor:
+    return torch.addcmul(mean, torch.sqrt(var + eps), standard_normal_like(mean))
+
+
+def test_the_fused_draw_and_its_gradients_equal_autograd_through_the_formula() -> None:
+    for layout in (torch.contiguous_format, torch.channels_last):
+        torch.manual_seed(2)
+        mean0 = torch.randn(6, 5, 4, 3).to(memory_format=layout)
+        var0 = torch.rand(6, 5, 4, 3).to(memory_format=layout) + 0.1
+        g = torch.randn(6, 5, 4, 3)
+        results = []
+        for fn in (gaussian_preactivation, reference_preactivation):
+            mean, var = mean0.clone().requires_grad_(), var0.clone().requires_grad_()
+            torch.manual_seed(3)
+            out = fn(mean, var, 1e-8)
+            out.backward(g)
+            results.append((out, mean.grad, var.grad))
+        (out, d_mean, d_var), (ref, ref_mean, ref_var) = results
+        assert torch.equal(out, ref)  # same draws, same arithmetic: runs stay reproducible
+        assert torch.equal(d_mean, ref_mean)
+        torch.testing.assert_close(d_var, ref_var, rtol=1e-6, atol=0)
+
+
+def test_the_fused_draw_has_the_requested_moments_and_no_gradient_for_a_constant_variance() -> None:
+    torch.manual_seed(4)
+    mean = torch.linspace(-2, 2, 8).repeat(40_000, 1).requires_grad_()
+    var = torch.linspace(0.1, 3, 8).repeat(40_000, 1)
+    out = gaussian_preactivation(mean, var, 0.0)
+    torch.testing.assert_close(out.mean(0), mean[0].detach(), atol=0.03, rtol=0)
+    torch.testing.assert_close(out.var(0), var[0], atol=0, rtol=0.03)
+    out.sum().backward()
+    assert torch.equal(mean.grad, torch.ones_like(mean)) and var.grad is None
