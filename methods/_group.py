@@ -128,17 +128,27 @@ class _GroupLayer(nn.Module):
         """The calibrated or configured threshold, else the automatic one.
 
         The automatic one is a mixture fit, so it is cached until the scale parameters change:
-        every evaluation batch asks for it, but only optimiser steps can move it.
+        every evaluation batch asks for it, but only optimiser steps can move it. The cache is keyed
+        on the values (one number per group, cheap to compare), not on ``_version``, which fused
+        Adam leaves unchanged: keyed on versions, the first epoch's fit stayed for the whole run.
         """
         t = float(self.threshold)
         if math.isfinite(t):
             return t
-        key = tuple((p.data_ptr(), p._version) for p in self.scale.parameters()) + (self.fallback_threshold,)
+        values = [p.detach().clone() for p in self.scale.parameters()]
         cached = getattr(self, "_auto_cache", None)
-        if cached is None or cached[0] != key:
-            cached = (key, auto_threshold(self.scale.prune_score(), self.fallback_threshold))
+        if (
+            cached is None
+            or cached[1] != self.fallback_threshold
+            or not all(torch.equal(a, b) for a, b in zip(cached[0], values, strict=True))
+        ):
+            cached = (
+                values,
+                self.fallback_threshold,
+                auto_threshold(self.scale.prune_score(), self.fallback_threshold),
+            )
             self._auto_cache = cached
-        return cached[1]
+        return cached[2]
 
     @torch.no_grad()
     def group_keep(self, threshold: float | None = None) -> torch.Tensor:

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from sparsebench.config import option
 from sparsebench.kl import K1, K2, K3, kl_warmup, sparse_vd_kl_sum
@@ -226,6 +227,18 @@ _KL_STASH: weakref.WeakKeyDictionary[nn.Module, tuple[torch.Tensor, tuple[int, .
 )
 """The KL each layer's last training forward computed, with the parameter versions it saw. Kept
 outside the modules so that copying or pickling a model never meets a tensor of the graph."""
+
+
+def _forget_stashed_kls(*_: object) -> None:
+    """Any optimiser step may have moved the parameters: no stashed KL survives it.
+
+    The parameter versions alone cannot tell: fused Adam (the runner's optimiser) updates the
+    parameters without bumping ``_version``; they still catch in-place edits outside optimisers.
+    """
+    _KL_STASH.clear()
+
+
+register_optimizer_step_post_hook(_forget_stashed_kls)
 
 
 class _SparseVDMixin:

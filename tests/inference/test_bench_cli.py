@@ -94,7 +94,7 @@ def test_bench_prints_a_readable_table(trained: tuple[str, str], mnist_dir: Path
         (["bench"], "give run ids"),
         (["bench", "RUN", "--train"], "exactly one"),
         (["bench", "abc123", "--formats", "coo"], "unknown format coo"),
-        (["bench", "abc123"], "no MLflow run abc123"),
+        (["bench", "abc123"], "run abc123: no such MLflow run"),
     ],
 )
 def test_bad_input_is_one_line(argv: list[str], message: str, run_cli, quick_tracking_uri: str) -> None:

@@ -561,3 +561,23 @@ def test_eval_applies_the_chain_masks_even_through_batchnorm() -> None:
             alone(model.relu1(model.bn1(model.conv1(x)))),
             exported.conv2(exported.relu1(exported.bn1(exported.conv1(x)))),
         )
+
+
+def test_the_automatic_threshold_follows_a_fused_adam_step() -> None:
+    """Fused Adam moves the scale parameters without bumping their version; the cached mixture fit
+    must notice anyway (it once kept the first epoch's fallback for a whole run)."""
+    torch.manual_seed(0)
+    method = GroupNJ(GroupNJConfig())
+    model = method.convert(mini_lenet5())
+    layer = model.fc1
+    assert layer.current_threshold() == -3.0  # one mode at init: the fallback
+    logvar = layer.scale.z_logvar
+    optimizer = torch.optim.Adam([logvar], lr=12.0, fused=True)
+    direction = torch.cat([torch.ones(8), -torch.ones(8)]).to(logvar)
+    (direction * logvar).sum().backward()  # half the groups to about -21, half to about +3
+    version = logvar._version
+    optimizer.step()
+    assert logvar._version == version  # the premise: the version alone cannot tell
+    midpoint = auto_threshold(layer.scale.prune_score(), -3.0)
+    assert midpoint < -6.0
+    assert layer.current_threshold() == pytest.approx(midpoint)

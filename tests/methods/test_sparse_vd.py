@@ -489,10 +489,14 @@ def test_fused_weight_side_has_the_gradients_of_the_reference_formulas(
         assert float(grads[1][:2, :5].abs().max()) == 0.0
 
 
-def test_regularizer_after_an_optimizer_step_or_an_edit_is_fresh() -> None:
-    """The regularizer reuses the KL of the step's forward only while the parameters are unchanged."""
+@pytest.mark.parametrize("fused", [False, True])
+def test_regularizer_after_an_optimizer_step_or_an_edit_is_fresh(fused: bool) -> None:
+    """The regularizer reuses the KL of the step's forward only while the parameters are unchanged.
+
+    Fused Adam (the runner's optimiser) updates parameters without bumping their version.
+    """
     method, model, x, y = small_model()
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05, fused=fused)
     F.cross_entropy(model(x), y).backward()
     optimizer.step()  # the forward's KL is now stale
     assert value(method.regularizer(model, context(1))) == pytest.approx(
