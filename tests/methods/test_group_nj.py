@@ -394,7 +394,7 @@ def test_calibrate_fixes_and_returns_the_chosen_thresholds() -> None:
     # The sparsest acceptable masks remove fc1's inputs 8-15: fc1's threshold at most -2.3, and above
     # -7.7; conv1's filters (log alpha -9 +- 0.03 at init, fallback -3) need a shift above -6. Of the
     # shifts on the 0.5 grid that give those masks, ties go to the largest.
-    grid = [x / 2 for x in range(-12, 13)]
+    grid = method.curve_thresholds()
     want = max(g for g in grid if -7.7 < midpoint + g <= -2.3 and g > -6.0)
     assert chosen["shift"] == want
     assert chosen["val_chosen"] == 0.0 and chosen["val_best"] == 0.0
