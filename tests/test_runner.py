@@ -356,3 +356,44 @@ def test_place_model_puts_conv_weights_channels_last_on_cpu_only_when_there_are_
     torch.testing.assert_close(convnet(x), reference(x))
     mlp = place_model(nn.Sequential(nn.Linear(4, 3)), cpu)
     assert mlp[0].weight.is_contiguous()
+
+
+def test_refinish_repeats_the_end_of_a_run_as_a_new_run_that_reports_show_instead(
+    mnist_dir: Path, quick_tracking_uri: str, tmp_path: Path, run_cli: Callable[..., CliResult]
+) -> None:
+    from sparsebench.report.select import Selection, load_runs
+
+    common = ["--data-dir", mnist_dir, "--tracking-uri", quick_tracking_uri, "--no-progress"]
+    train = ["--method", "group_nj", "--task", "lenet300_100", "--set", "train.epochs=2",
+             "--set", "train.val_size=200", "--tag", "study=t"]  # fmt: skip
+    first = run_cli("run", *train, *common)
+    assert first.code == 0, first.err
+    source = run_id_in(first.err)
+
+    again = run_cli("run", "--refinish", source[:8], "--tag", "study=t", *common)
+    assert again.code == 0, again.err
+    new = run_id_in(again.err)
+    client = client_for(quick_tracking_uri)
+    run, old = client.get_run(new), client.get_run(source)
+    assert new != source and run.info.status == "FINISHED"
+    assert run.data.tags["refinished_from"] == source and run.data.params == old.data.params
+    # Same trained weights, same code: the calibration, the export and every final number repeat.
+    assert_same_model(exported_model(client, new, tmp_path), exported_model(client, source, tmp_path))
+    for key in ("test_metric", "compression", "calibration.shift"):
+        assert run.data.metrics[key] == old.data.metrics[key], key
+    assert again.out.splitlines()[-1] == first.out.splitlines()[-1]  # the paper-format row
+    assert list(load_runs(Selection(tags={"study": "t"}), quick_tracking_uri).runs.run_id) == [new]
+
+
+def test_refinish_needs_a_fully_trained_run_and_no_other_flags(
+    mnist_dir: Path, quick_tracking_uri: str, run_cli: Callable[..., CliResult]
+) -> None:
+    common = ["--data-dir", mnist_dir, "--tracking-uri", quick_tracking_uri, "--no-progress"]
+    paused = run_cli("run", "--method", "dense", "--task", "lenet300_100", "--set", "train.epochs=3",
+                     "--set", "train.val_size=200", "--stop-after", "1", *common)  # fmt: skip
+    run_id = run_id_in(paused.err)
+    early = run_cli("run", "--refinish", run_id, *common)
+    assert early.code == 2 and len(early.err.splitlines()) == 1
+    assert f"stopped after epoch 1 of 3; finish its training first: sparsebench run --resume {run_id}" in early.err
+    mixed = run_cli("run", "--refinish", run_id, "--method", "dense", *common)
+    assert mixed.code == 2 and "give it alone" in mixed.err

@@ -17,6 +17,7 @@ EXAMPLES = """examples:
   sparsebench run --method dense --task lenet5 --set train.epochs=20
   sparsebench run --method sparse_vd --task lenet5 --init-from <dense run id>
   sparsebench run --resume <run id>
+  sparsebench run --refinish <run id>    # thresholds and metrics again, with this code
 """
 
 
@@ -50,6 +51,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint")
     p.add_argument("--init-from", metavar="RUN", help="initialise from the exported model of an earlier run")
     p.add_argument(
+        "--refinish",
+        metavar="RUN",
+        help="calibrate, export and score a trained run's last checkpoint again with this code, as a new run",
+    )
+    p.add_argument(
         "--tag",
         dest="tags",
         action="append",
@@ -67,11 +73,13 @@ def handle(args: argparse.Namespace) -> int:
     from sparsebench.config import parse_assignment
     from sparsebench.errors import ConfigError
 
-    if not args.resume and not (args.method and args.task):
+    if args.refinish and (args.resume or args.method or args.task or args.init_from):
+        raise ConfigError("--refinish RUN takes the run's own method, task and config; give it alone")
+    if not (args.resume or args.refinish) and not (args.method and args.task):
         raise ConfigError("run needs --method and --task (or --resume RUN); see `sparsebench list`")
     overrides = dict(parse_assignment(text) for text in args.overrides)
-    if args.resume and overrides:
-        raise ConfigError("--set cannot change a resumed run; start a new run instead")
+    if (args.resume or args.refinish) and overrides:
+        raise ConfigError("--set cannot change a resumed or re-finished run; start a new run instead")
     with _sigterm_as_interrupt():
         result = _train(args, overrides)
     if result.status != "FINISHED":
@@ -108,24 +116,23 @@ def _default_uri() -> str:
 
 def _train(args: argparse.Namespace, overrides: dict[str, Any]) -> Any:
     from sparsebench.config import parse_assignment
-    from sparsebench.runner import RunRequest, train
+    from sparsebench.runner import RunRequest, refinish, train
 
-    return train(
-        RunRequest(
-            task=args.task or "",
-            method=args.method or "",
-            overrides=overrides,
-            device=args.device,
-            data_dir=args.data_dir,
-            tracking_uri=args.tracking_uri,
-            experiment=args.experiment,
-            resume=args.resume,
-            init_from=args.init_from,
-            stop_after=args.stop_after,
-            progress=not args.no_progress,
-            tags=dict(parse_assignment(text, "--tag") for text in args.tags),
-        )
+    request = RunRequest(
+        task=args.task or "",
+        method=args.method or "",
+        overrides=overrides,
+        device=args.device,
+        data_dir=args.data_dir,
+        tracking_uri=args.tracking_uri,
+        experiment=args.experiment,
+        resume=args.resume,
+        init_from=args.init_from,
+        stop_after=args.stop_after,
+        progress=not args.no_progress,
+        tags=dict(parse_assignment(text, "--tag") for text in args.tags),
     )
+    return refinish(request, args.refinish) if args.refinish else train(request)
 
 
 @contextlib.contextmanager

@@ -188,6 +188,8 @@ def search(client: Any, selection: Selection, tracking_uri: str) -> pd.DataFrame
         frame = frame[frame["tags.method"].map(normalize_name).isin(wanted)]
     if selection.run_ids:
         frame = frame[frame.run_id.isin(selection.run_ids)]
+    # A re-finished run (``run --refinish``) replaces its source: the same training, counted once.
+    frame = frame[~frame.run_id.isin(set(_column(frame, "tags.refinished_from").dropna()))]
     if selection.sweep:
         parents = sweep_parents(selection.sweep, experiment_ids)
         frame = frame[_column(frame, "tags.mlflow.parentRunId").isin(parents)]
