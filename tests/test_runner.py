@@ -394,6 +394,7 @@ def test_refinish_needs_a_fully_trained_run_and_no_other_flags(
     run_id = run_id_in(paused.err)
     early = run_cli("run", "--refinish", run_id, *common)
     assert early.code == 2 and len(early.err.splitlines()) == 1
-    assert f"stopped after epoch 1 of 3; finish its training first: sparsebench run --resume {run_id}" in early.err
+    hint = f"stopped after epoch 1 of 3; finish its training first: sparsebench run --resume {run_id}"
+    assert hint in early.err
     mixed = run_cli("run", "--refinish", run_id, "--method", "dense", *common)
     assert mixed.code == 2 and "give it alone" in mixed.err
