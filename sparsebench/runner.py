@@ -373,14 +373,18 @@ def train(request: RunRequest) -> RunResult:
         raise
 
 
+RUN_STATE_TAGS = frozenset({"row", "checkpoint", "device", "state", "failure", "refinished_from"})
+"""Tags that describe how one run went, set by the runner; ``refinish`` does not inherit them."""
+
+
 def refinish(request: RunRequest, source: str) -> RunResult:
     """Calibrate, export and score the trained weights of run ``source`` again, as a new run.
 
     Thresholds, calibration and metrics keep improving after models are trained (fixing a stale
     cache once moved every group run's thresholds), and retraining to apply them costs hours. The
     checkpoint of the last epoch holds everything the end of a run needs, so this repeats only
-    ``finish`` with the current code. The new run carries the source's config and init, and the tag
-    ``refinished_from``; reports then show it in place of the source.
+    ``finish`` with the current code. The new run carries the source's config and its tags (study,
+    init_from, ...) plus ``refinished_from``; reports then show it in place of the source.
     """
     from sparsebench.tracking import make_client, resolve_run_id
 
@@ -400,15 +404,19 @@ def refinish(request: RunRequest, source: str) -> RunResult:
     torch.manual_seed(cfg.seed)
     model = place_model(method.convert(task.build_model()), device)
     model.load_state_dict(ckpt["model"])
-    source_tags = make_client(request.tracking_uri).get_run(source).data.tags
+    inherited = {  # the user's tags (study=..., ...) and init_from; not what describes the old finish
+        key: value
+        for key, value in make_client(request.tracking_uri).get_run(source).data.tags.items()
+        if not key.startswith(("mlflow.", "env.")) and key not in RUN_STATE_TAGS
+    }
     tracker = Tracker.open(
         request.tracking_uri,
         request.experiment,
-        tags={"task": task.name, "method": method.name, **request.tags, "refinished_from": source},
+        tags={**inherited, **request.tags, "refinished_from": source},
         run_name=f"{task.name}-{method.name}-refinished",
     )
     tracker.log_params(plan.flat_config())
-    tracker.set_tags({**environment(), "device": str(device), "init_from": source_tags.get("init_from", "")})
+    tracker.set_tags({**environment(), "device": str(device)})
     try:
         return finish(plan, model, splits, tracker, device)
     except BaseException:

@@ -370,13 +370,15 @@ def test_refinish_repeats_the_end_of_a_run_as_a_new_run_that_reports_show_instea
     assert first.code == 0, first.err
     source = run_id_in(first.err)
 
-    again = run_cli("run", "--refinish", source[:8], "--tag", "study=t", *common)
+    again = run_cli("run", "--refinish", source[:8], "--tag", "note=x", *common)
     assert again.code == 0, again.err
     new = run_id_in(again.err)
     client = client_for(quick_tracking_uri)
     run, old = client.get_run(new), client.get_run(source)
     assert new != source and run.info.status == "FINISHED"
     assert run.data.tags["refinished_from"] == source and run.data.params == old.data.params
+    assert run.data.tags["study"] == "t" and run.data.tags["note"] == "x"  # inherited, and added
+    assert run.data.tags["row"] == old.data.tags["row"]
     # Same trained weights, same code: the calibration, the export and every final number repeat.
     assert_same_model(exported_model(client, new, tmp_path), exported_model(client, source, tmp_path))
     for key in ("test_metric", "compression", "calibration.shift"):
