@@ -388,8 +388,13 @@ def refinish(request: RunRequest, source: str) -> RunResult:
     """
     from sparsebench.tracking import make_client, resolve_run_id
 
-    source = resolve_run_id(make_client(request.tracking_uri), source, "--refinish")
-    ckpt = checkpoint.load(source)
+    client = make_client(request.tracking_uri)
+    source = resolve_run_id(client, source, "--refinish")
+    source_tags = client.get_run(source).data.tags
+    trained = source  # a re-finished run has no checkpoint of its own: use its training run's
+    while parent := client.get_run(trained).data.tags.get("refinished_from"):
+        trained = parent
+    ckpt = checkpoint.load(trained)
     plan = plan_run(ckpt["task"], ckpt["method"], ckpt["config"])
     task, method, cfg = plan.task, plan.method, plan.train
     if ckpt["epoch"] < cfg.epochs:
@@ -406,7 +411,7 @@ def refinish(request: RunRequest, source: str) -> RunResult:
     model.load_state_dict(ckpt["model"])
     inherited = {  # the user's tags (study=..., ...) and init_from; not what describes the old finish
         key: value
-        for key, value in make_client(request.tracking_uri).get_run(source).data.tags.items()
+        for key, value in source_tags.items()
         if not key.startswith(("mlflow.", "env.")) and key not in RUN_STATE_TAGS
     }
     tracker = Tracker.open(

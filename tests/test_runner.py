@@ -386,6 +386,12 @@ def test_refinish_repeats_the_end_of_a_run_as_a_new_run_that_reports_show_instea
     assert again.out.splitlines()[-1] == first.out.splitlines()[-1]  # the paper-format row
     assert list(load_runs(Selection(tags={"study": "t"}), quick_tracking_uri).runs.run_id) == [new]
 
+    third = run_cli("run", "--refinish", new, *common)  # from its training run's checkpoint
+    assert third.code == 0, third.err
+    newest = run_id_in(third.err)
+    assert client.get_run(newest).data.tags["refinished_from"] == new
+    assert list(load_runs(Selection(tags={"study": "t"}), quick_tracking_uri).runs.run_id) == [newest]
+
 
 def test_refinish_needs_a_fully_trained_run_and_no_other_flags(
     mnist_dir: Path, quick_tracking_uri: str, run_cli: Callable[..., CliResult]
