@@ -422,6 +422,7 @@ def refinish(request: RunRequest, source: str) -> RunResult:
     )
     tracker.log_params(plan.flat_config())
     tracker.set_tags({**environment(), "device": str(device)})
+    tracker.copy_curves(source)
     try:
         return finish(plan, model, splits, tracker, device)
     except BaseException:

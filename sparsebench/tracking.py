@@ -18,6 +18,8 @@ from sparsebench.errors import ConfigError, RunNotFoundError
 
 DEFAULT_STORE = Path("mlruns")
 EXPERIMENT = "sparsebench"
+MLFLOW_BATCH_METRICS = 1000
+"""The most metrics MLflow accepts in one ``log_batch``."""
 
 
 def default_tracking_uri() -> str:
@@ -90,6 +92,23 @@ class Tracker:
         items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
         if items:
             self.client.log_batch(self.run_id, metrics=items)
+
+    def copy_curves(self, source: str) -> None:
+        """Copy the per-epoch curves (keys logged more than once) of run ``source``, steps and times kept.
+
+        A re-finished run (``run --refinish``) repeats only the end of its training run; with the
+        curves it stands for that run in reports, and its own final values, logged later, stay the
+        latest ones.
+        """
+        from mlflow.entities import Metric
+
+        copied = []
+        for key in self.client.get_run(source).data.metrics:
+            history = self.client.get_metric_history(source, key)
+            if len(history) > 1:
+                copied += [Metric(m.key, m.value, m.timestamp, m.step) for m in history]
+        for start in range(0, len(copied), MLFLOW_BATCH_METRICS):
+            self.client.log_batch(self.run_id, metrics=copied[start : start + MLFLOW_BATCH_METRICS])
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag

@@ -379,6 +379,8 @@ def test_refinish_repeats_the_end_of_a_run_as_a_new_run_that_reports_show_instea
     assert run.data.tags["refinished_from"] == source and run.data.params == old.data.params
     assert run.data.tags["study"] == "t" and run.data.tags["note"] == "x"  # inherited, and added
     assert run.data.tags["row"] == old.data.tags["row"]
+    assert values_of(client, new, "train_loss") == values_of(client, source, "train_loss")  # curves
+    assert steps_of(client, new, "val_metric") == steps_of(client, source, "val_metric")
     # Same trained weights, same code: the calibration, the export and every final number repeat.
     assert_same_model(exported_model(client, new, tmp_path), exported_model(client, source, tmp_path))
     for key in ("test_metric", "compression", "calibration.shift"):
