@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from sparsebench.errors import RunNotFoundError
+from sparsebench.errors import ConfigError, RunNotFoundError
 
 DEFAULT_DIR = Path("mlruns") / "checkpoints"
 
@@ -41,6 +41,27 @@ def save(path: Path, payload: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(payload, tmp)
     tmp.replace(path)
+
+
+def full_run_id(run_id: str, root: Path | None = None) -> str:
+    """The run whose checkpoint ``run_id`` names: its full id, or a unique prefix of it.
+
+    Resuming needs the checkpoint on this machine anyway, so the short ids that tables print are
+    matched against the checkpoint folders, without asking the tracking server.
+    """
+    folder = root or checkpoint_root()
+    if checkpoint_path(run_id, folder).is_file():
+        return run_id
+    from sparsebench.tracking import is_run_prefix
+
+    matches = []
+    if is_run_prefix(run_id):
+        matches = sorted(p.parent.name for p in folder.glob(f"{run_id}*/checkpoint.pt"))
+    if len(matches) > 1:
+        raise ConfigError(f"run {run_id} is ambiguous ({', '.join(matches)}); give more of the run id")
+    if not matches:
+        load(run_id, folder)  # raises the missing-checkpoint error
+    return matches[0]
 
 
 def load(run_id: str, root: Path | None = None) -> dict[str, Any]:

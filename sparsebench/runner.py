@@ -202,16 +202,14 @@ def load_init(model: nn.Module, run_id: str, tracking_uri: str | None) -> None:
 
 def with_full_run_ids(request: RunRequest) -> RunRequest:
     """``--resume`` and ``--init-from`` accept the short ids that tables and logs print."""
-    if not (request.resume or request.init_from):
-        return request
-    from sparsebench.tracking import make_client, resolve_run_id
+    if request.resume:
+        request = replace(request, resume=checkpoint.full_run_id(request.resume))
+    if request.init_from:
+        from sparsebench.tracking import make_client, resolve_run_id
 
-    client = make_client(request.tracking_uri)
-    return replace(
-        request,
-        resume=request.resume and resolve_run_id(client, request.resume, "--resume"),
-        init_from=request.init_from and resolve_run_id(client, request.init_from, "--init-from"),
-    )
+        client = make_client(request.tracking_uri)
+        request = replace(request, init_from=resolve_run_id(client, request.init_from, "--init-from"))
+    return request
 
 
 def train(request: RunRequest) -> RunResult:

@@ -141,6 +141,11 @@ def make_client(tracking_uri: str | None) -> Any:
 MIN_RUN_PREFIX = 6
 
 
+def is_run_prefix(text: str) -> bool:
+    """Whether ``text`` can stand for a run id: at least MIN_RUN_PREFIX lower-case hex digits."""
+    return len(text) >= MIN_RUN_PREFIX and all(c in "0123456789abcdef" for c in text)
+
+
 def resolve_run_id(client: Any, run_id: str, flag: str = "run") -> str:
     """The full id of the run that ``run_id`` names: the id itself or a unique prefix of it.
 
@@ -152,7 +157,7 @@ def resolve_run_id(client: Any, run_id: str, flag: str = "run") -> str:
     except Exception:
         pass
     prefix = run_id.strip().lower()
-    if len(prefix) >= MIN_RUN_PREFIX and all(c in "0123456789abcdef" for c in prefix):
+    if is_run_prefix(prefix):
         experiments = [e.experiment_id for e in client.search_experiments()]
         matches = sorted(
             {

@@ -236,7 +236,7 @@ ERROR_CASES = {
     "bad device": (["--device", "tpu"], "--device must be auto, cpu or cuda"),
     "missing data": (["--data-dir", "{empty}"], "MNIST not found in {empty}/mnist"),
     "no method": (["--method", None], "run needs --method and --task"),
-    "unknown resume": (["--resume", "0123abcd"], "--resume 0123abcd: no such MLflow run"),
+    "unknown resume": (["--resume", "0123abcd"], "no checkpoint for run 0123abcd"),
 }
 
 

@@ -46,3 +46,18 @@ def test_an_unknown_id_or_a_too_short_prefix_says_what_to_give(client, typed: st
     typed = run[:3] if typed == "abc" else typed  # a real run's prefix, below the minimum length
     with pytest.raises(RunNotFoundError, match=f"--resume {typed}: no such MLflow run .*first 6"):
         tracking.resolve_run_id(client, typed, "--resume")
+
+
+def test_resume_ids_are_matched_against_the_checkpoint_folders(tmp_path) -> None:
+    from sparsebench import checkpoint
+
+    for run in ("aaaaaa11" + "0" * 24, "aaaaaa22" + "0" * 24, "bbbbbb33" + "0" * 24):
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "checkpoint.pt").write_bytes(b"")
+    assert checkpoint.full_run_id("bbbbbb", tmp_path) == "bbbbbb33" + "0" * 24
+    assert checkpoint.full_run_id("aaaaaa22", tmp_path) == "aaaaaa22" + "0" * 24
+    with pytest.raises(ConfigError, match="run aaaaaa is ambiguous"):
+        checkpoint.full_run_id("aaaaaa", tmp_path)
+    for typed in ("aaaaa", "*", "cccccc"):  # too short, a pattern, no such run
+        with pytest.raises(RunNotFoundError, match=f"no checkpoint for run {re.escape(typed)}"):
+            checkpoint.full_run_id(typed, tmp_path)
