@@ -63,6 +63,16 @@ def load_study(storage: str, name: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=open_storage(spec))
 
 
+def budget_trials(trials: list[Any], n_trials: int) -> list[Any]:
+    """The trials that ran, without those a worker created in the same moment as another's last one.
+
+    Such a trial (number n_trials or later) is failed at once, marked skipped, and runs nothing.
+    """
+    skipped = [t for t in trials if "skipped" in t.user_attrs]
+    assert all(t.state == optuna.trial.TrialState.FAIL and t.number >= n_trials for t in skipped)
+    return [t for t in trials if "skipped" not in t.user_attrs]
+
+
 def mlflow_runs(tracking_uri: str, experiment: str, query: str = "") -> list[Any]:
     from mlflow.tracking import MlflowClient
 

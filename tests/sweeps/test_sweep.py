@@ -17,6 +17,7 @@ from sparsebench.runner import RunResult
 from sparsebench.sweep import Progress, best_trials, progress
 from sparsebench.sweep_spec import spec_from_dict
 from tests.sweeps import (
+    budget_trials,
     kill_mid_trial,
     load_study,
     mlflow_runs,
@@ -195,7 +196,7 @@ def test_two_workers_share_one_study(
     spec = write_spec(tmp_path, storage=storage, n_trials=4)
     result = sweep_cli(*_args(spec, mnist_dir, mlflow_store, "workers"), "--workers", "2", "--device", "cpu")
     assert result.code == 0, result.err
-    trials = load_study(storage, "dense-lenet300_100").trials
+    trials = budget_trials(load_study(storage, "dense-lenet300_100").trials, 4)
     assert sorted(t.number for t in trials) == [0, 1, 2, 3]
     assert all(t.state == TrialState.COMPLETE for t in trials)
     workers = {t.user_attrs["worker"].rsplit(":", 1)[1] for t in trials}
