@@ -389,9 +389,9 @@ def refinish(request: RunRequest, source: str) -> RunResult:
     client = make_client(request.tracking_uri)
     source = resolve_run_id(client, source, "--refinish")
     source_tags = client.get_run(source).data.tags
-    trained = source  # a re-finished run has no checkpoint of its own: use its training run's
-    while parent := client.get_run(trained).data.tags.get("refinished_from"):
-        trained = parent
+    trained, tags = source, source_tags  # a re-finished run has no checkpoint: use its training run's
+    while parent := tags.get("refinished_from"):
+        trained, tags = parent, client.get_run(parent).data.tags
     ckpt = checkpoint.load(trained)
     plan = plan_run(ckpt["task"], ckpt["method"], ckpt["config"])
     task, method, cfg = plan.task, plan.method, plan.train
