@@ -1,15 +1,27 @@
 """Training-throughput benchmark: seconds per epoch of each method, and where a step's time goes.
 
-Every (task, method) pair runs in the same process on the same device, one after the other, so
-their ratios are comparable. Inputs are random tensors of the task's real training-set size and
-shape held on the device and batched by the same ``TensorBatches`` the runner uses, so data
-handling is measured too, without needing the dataset.
+Every method of a task runs in the same process on the same device, and their steps are timed
+in interleaved rounds (a block of steps of each method per round, the order rotating), so a
+change in machine load during the benchmark hits every method alike; ``x_dense`` is the median
+over rounds of each round's ratio. Inputs are random tensors of the task's real training-set
+size and shape held on the device and batched by the same ``TensorBatches`` the runner uses, so
+data handling is measured too, without needing the dataset.
+
+Two breakdowns say where the time goes: by phase of the step (data, forward, regulariser,
+backward, optimiser, hooks; synchronised timers) and by kind of operation (the layers' matrix
+products and convolutions, noise draws, optimiser kernels, other tensor operations, and the
+Python and framework time around them; from ``torch.profiler``). ``layers_x_dense`` is what a
+method's step would cost against dense if everything but its layer products were free: the floor
+that fusing element-wise work cannot go below.
 """
 
 from __future__ import annotations
 
+import os
+import statistics
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -23,6 +35,35 @@ from sparsebench.runner import autocast, build_optimizer, place_model
 
 PHASES = ("data", "forward", "regularizer", "backward", "optimizer", "method_hooks")
 
+# Kinds of operation, matched against profiler event names (self time, so nothing counts twice).
+LAYER_OPS = (
+    "aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addmv", "aten::mv",
+    "aten::mkldnn_convolution", "aten::convolution_backward", "aten::cudnn_convolution",
+    "aten::_mkldnn_", "aten::mkldnn_rnn", "aten::_cudnn_rnn", "aten::_thnn_fused_lstm_cell",
+    "aten::_embedding_bag", "aten::embedding_dense_backward",
+)  # fmt: skip
+NOISE_OPS = ("aten::normal_", "aten::uniform_", "aten::bernoulli_", "aten::random_")
+OPTIMIZER_OPS = ("aten::_fused_adam", "aten::_fused_sgd", "aten::_foreach_")
+OP_KINDS = ("layers", "noise", "optimizer_ops", "other_ops", "framework")
+
+
+def op_kind(name: str) -> str:
+    """Which kind of work a profiler event is: one of ``OP_KINDS``.
+
+    Events that are not aten operators (autograd nodes, ``record_function`` ranges, compiled-graph
+    calls' Python wrappers) carry the Python and dispatch time around the kernels as self time;
+    compiled element-wise kernels ("CompiledFxGraph") are tensor work and count as other ops.
+    """
+    if name.startswith(LAYER_OPS):
+        return "layers"
+    if name.startswith(NOISE_OPS):
+        return "noise"
+    if name.startswith(OPTIMIZER_OPS):
+        return "optimizer_ops"
+    if name.startswith("aten::") or "CompiledFxGraph" in name:
+        return "other_ops"
+    return "framework"
+
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -30,8 +71,8 @@ def _sync(device: torch.device) -> None:
 
 
 @contextmanager
-def _timed(totals: dict[str, float], phase: str, device: torch.device, enabled: bool):
-    if not enabled:
+def _timed(totals: dict[str, float] | None, phase: str, device: torch.device) -> Iterator[None]:
+    if totals is None:
         yield
         return
     _sync(device)
@@ -41,83 +82,172 @@ def _timed(totals: dict[str, float], phase: str, device: torch.device, enabled: 
     totals[phase] += time.perf_counter() - start
 
 
-def bench_pair(
+@contextmanager
+def _quiet_native_stderr() -> Iterator[None]:
+    """Silence what native code writes to file descriptor 2 (kineto prints a line per profile)."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+class TrainingLoop:
+    """One method's training step on one task with its default recipe, ready to be timed in blocks."""
+
+    def __init__(
+        self,
+        task_name: str,
+        method_name: str,
+        data: TensorBatches,
+        device: torch.device,
+        compile_kernels: bool,
+    ) -> None:
+        self.task = TASKS.get(task_name)()
+        self.method = METHODS.get(method_name)()
+        self.recipe = self.method.adjust_recipe(self.task.name, self.task.default_recipe(self.method.name))
+        self.device = device
+        torch.manual_seed(0)
+        self.model = place_model(self.method.convert(self.task.build_model()), device)
+        if compile_kernels:
+            self.method.enable_compile(self.model)
+        self.optimizer = build_optimizer(self.recipe, self.model)
+        self.data = data
+        self.generator = torch.Generator().manual_seed(0)
+        self.steps_per_epoch = data.num_batches(self.recipe.batch_size, drop_last=True)
+        # Late enough in training that every regulariser and schedule is active.
+        self.epoch = self.recipe.epochs // 2
+        self.step_index = 0
+        self._batches = self._new_epoch()
+
+    def _new_epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.data.iterate(self.recipe.batch_size, True, self.generator, drop_last=True)
+
+    def step(self, phases: dict[str, float] | None = None) -> None:
+        """One optimiser step; with ``phases``, each phase's synchronised time is added to it."""
+        task, method, device = self.task, self.method, self.device
+        ctx = StepContext(
+            self.epoch,
+            self.epoch * self.steps_per_epoch + self.step_index % self.steps_per_epoch,
+            self.steps_per_epoch,
+            self.recipe.epochs,
+            self.data.num_examples,
+            self.optimizer,
+        )
+        self.step_index += 1
+        with _timed(phases, "data", device):
+            try:
+                xb, yb = next(self._batches)
+            except StopIteration:
+                self._batches = self._new_epoch()
+                xb, yb = next(self._batches)
+            xb = task.train_transform(xb, self.generator)
+        with autocast(device, self.recipe.amp):
+            with _timed(phases, "forward", device):
+                loss = task.loss(self.model(xb), yb)
+            with _timed(phases, "regularizer", device):
+                reg = method.regularizer(self.model, ctx)
+                total = loss if reg is None else loss + reg
+        with _timed(phases, "backward", device):
+            self.optimizer.zero_grad(set_to_none=True)
+            total.backward()
+        with _timed(phases, "optimizer", device):
+            self.optimizer.step()
+        with _timed(phases, "method_hooks", device):
+            method.on_step_end(self.model, ctx)
+
+    def seconds_per_step(self, n: int) -> float:
+        """Wall time of ``n`` steps without synchronisation inside them, per step."""
+        _sync(self.device)
+        start = time.perf_counter()
+        for _ in range(n):
+            self.step()
+        _sync(self.device)
+        return (time.perf_counter() - start) / n
+
+    def phase_shares(self, n: int) -> dict[str, float]:
+        """Percent of ``n`` synchronised steps spent in each phase."""
+        phases: dict[str, float] = defaultdict(float)
+        for _ in range(n):
+            self.step(phases)
+        measured = sum(phases.values())
+        return {f"%{p}": 100 * phases[p] / measured if measured else 0.0 for p in PHASES}
+
+    def op_seconds(self, n: int) -> dict[str, float]:
+        """Seconds per step of each kind of operation (``OP_KINDS``) over ``n`` profiled steps."""
+        from torch.profiler import ProfilerActivity, profile
+
+        cuda = self.device.type == "cuda"
+        activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+        with _quiet_native_stderr(), profile(activities=activities) as prof:
+            for _ in range(n):
+                self.step()
+            _sync(self.device)
+        seconds: dict[str, float] = dict.fromkeys(OP_KINDS, 0.0)
+        for event in prof.key_averages():
+            micros = event.self_device_time_total if cuda else event.self_cpu_time_total
+            seconds[op_kind(event.key)] += micros / 1e6 / n
+        return seconds
+
+
+def bench_task(
     task_name: str,
-    method_name: str,
+    methods: list[str],
     device: torch.device,
     steps: int,
     warmup: int,
     num_train: int,
     compile_kernels: bool,
     breakdown: bool,
-) -> dict[str, Any]:
-    """Time ``steps`` optimiser steps of one method on one task with its default recipe."""
-    task = TASKS.get(task_name)()
-    method = METHODS.get(method_name)()
-    recipe = method.adjust_recipe(task.name, task.default_recipe(method.name))
-    torch.manual_seed(0)
-    model = place_model(method.convert(task.build_model()), device)
-    if compile_kernels:
-        method.enable_compile(model)
-    optimizer = build_optimizer(recipe, model)
-    example = task.example_input(device)
+    rounds: int = 5,
+) -> list[dict[str, Any]]:
+    """Rows for every method on one task, timed in ``rounds`` interleaved blocks of steps."""
+    example = TASKS.get(task_name)().example_input(device)
     x = torch.randn(num_train, *example.shape[1:], device=device)
     y = torch.randint(0, 10, (num_train,), device=device)
     data = TensorBatches(x, y)
-    generator = torch.Generator().manual_seed(0)
-    steps_per_epoch = data.num_batches(recipe.batch_size, drop_last=True)
-    # Late enough in training that every regulariser and schedule is active.
-    epoch = recipe.epochs // 2
-    totals: dict[str, float] = defaultdict(float)
-
-    def run(n: int, measure: bool) -> float:
-        batches = data.iterate(recipe.batch_size, True, generator, drop_last=True)
-        _sync(device)
-        start = time.perf_counter()
-        for i in range(n):
-            ctx = StepContext(
-                epoch, epoch * steps_per_epoch + i, steps_per_epoch, recipe.epochs, num_train, optimizer
-            )
-            timed = measure and breakdown
-            with _timed(totals, "data", device, timed):
-                try:
-                    xb, yb = next(batches)
-                except StopIteration:
-                    batches = data.iterate(recipe.batch_size, True, generator, drop_last=True)
-                    xb, yb = next(batches)
-                xb = task.train_transform(xb, generator)
-            with autocast(device, recipe.amp):
-                with _timed(totals, "forward", device, timed):
-                    loss = task.loss(model(xb), yb)
-                with _timed(totals, "regularizer", device, timed):
-                    reg = method.regularizer(model, ctx)
-                    total = loss if reg is None else loss + reg
-            with _timed(totals, "backward", device, timed):
-                optimizer.zero_grad(set_to_none=True)
-                total.backward()
-            with _timed(totals, "optimizer", device, timed):
-                optimizer.step()
-            with _timed(totals, "method_hooks", device, timed):
-                method.on_step_end(model, ctx)
-        _sync(device)
-        return time.perf_counter() - start
-
-    run(warmup, measure=False)
-    elapsed = run(steps, measure=True)
-    per_step = elapsed / steps
-    row: dict[str, Any] = {
-        "task": task.name,
-        "method": method.name,
-        "batch_size": recipe.batch_size,
-        "ms_per_step": 1000 * per_step,
-        "seconds_per_epoch": per_step * steps_per_epoch,
-        "examples_per_second": recipe.batch_size / per_step,
-    }
-    if breakdown:
-        measured = sum(totals.values())
-        for phase in PHASES:
-            row[f"%{phase}"] = 100 * totals[phase] / measured if measured else 0.0
-    return row
+    loops: dict[str, TrainingLoop] = {}
+    for requested in methods:
+        loop = TrainingLoop(task_name, requested, data, device, compile_kernels)
+        loops.setdefault(loop.method.name, loop)  # "sparsevd" and "sparse_vd" are one method
+    names = list(loops)
+    for loop in loops.values():
+        loop.seconds_per_step(warmup)
+    block = max(1, steps // rounds)
+    per_round: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            per_round[name].append(loops[name].seconds_per_step(block))
+    rows = []
+    for name, loop in loops.items():
+        per_step = statistics.median(per_round[name])
+        dense_rounds = per_round.get("dense")
+        ratios = [t / d for t, d in zip(per_round[name], dense_rounds, strict=True)] if dense_rounds else []
+        row: dict[str, Any] = {
+            "task": loop.task.name,
+            "method": loop.method.name,
+            "batch_size": loop.recipe.batch_size,
+            "ms_per_step": 1000 * per_step,
+            "x_dense": statistics.median(ratios) if ratios else float("nan"),
+            "seconds_per_epoch": per_step * loop.steps_per_epoch,
+            "examples_per_second": loop.recipe.batch_size / per_step,
+        }
+        if breakdown:
+            detail_steps = max(20, steps // 4)
+            row.update(loop.phase_shares(detail_steps))
+            ops = loop.op_seconds(detail_steps)
+            measured = sum(ops.values())
+            row.update({f"%{k}": 100 * v / measured if measured else 0.0 for k, v in ops.items()})
+            row["layers_ms"] = 1000 * ops["layers"]
+        rows.append(row)
+    if breakdown and "dense" in per_round:
+        dense_ms = 1000 * statistics.median(per_round["dense"])
+        for row in rows:
+            row["layers_x_dense"] = row["layers_ms"] / dense_ms
+    return rows
 
 
 def bench(
@@ -129,20 +259,12 @@ def bench(
     num_train: int = 55_000,
     compile_kernels: bool = True,
     breakdown: bool = True,
+    rounds: int = 5,
 ) -> pd.DataFrame:
-    """All pairs, plus each method's time relative to ``dense`` on the same task."""
+    """All pairs, plus each method's time relative to ``dense`` on the same task (NaN without dense)."""
     rows = []
     for task in tasks:
-        for method in methods:
-            # The breakdown adds synchronisation, so the headline numbers come from a clean pass.
-            row = bench_pair(task, method, device, steps, warmup, num_train, compile_kernels, breakdown=False)
-            if breakdown:
-                detail = bench_pair(
-                    task, method, device, max(20, steps // 4), 5, num_train, compile_kernels, True
-                )
-                row.update({k: v for k, v in detail.items() if k.startswith("%")})
-            rows.append(row)
-    table = pd.DataFrame(rows)
-    dense = table[table.method == "dense"].set_index("task").ms_per_step
-    table.insert(4, "x_dense", [r.ms_per_step / dense.get(r.task, float("nan")) for r in table.itertuples()])
-    return table
+        rows += bench_task(
+            task, methods, device, steps, warmup, num_train, compile_kernels, breakdown, rounds
+        )
+    return pd.DataFrame(rows)

@@ -55,12 +55,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     training.add_argument("--methods", nargs="+", default=["dense", "sparse_vd"])
     training.add_argument("--steps", type=int, default=200, help="timed optimiser steps per pair")
     training.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="interleaved rounds the steps are split into (x_dense: the median of the rounds' ratios)",
+    )
+    training.add_argument(
         "--compile",
         choices=["always", "never"],
         default="always",
         help="use the methods' compiled kernels (what long runs use)",
     )
-    training.add_argument("--no-breakdown", action="store_true", help="skip the per-phase timing pass")
+    training.add_argument(
+        "--no-breakdown", action="store_true", help="skip the per-phase and per-operation passes"
+    )
     p.set_defaults(handler=handle)
 
 
@@ -211,18 +219,30 @@ def _threads() -> int:
 
 
 def _train(args: argparse.Namespace, device: Any) -> int:
-    from sparsebench.bench import bench
+    from sparsebench.bench import OP_KINDS, PHASES, bench
+    from sparsebench.errors import ConfigError
 
+    if args.steps < 1 or args.rounds < 1:
+        raise ConfigError(f"--steps and --rounds must be >= 1 (got {args.steps} and {args.rounds})")
     table = bench(
         args.tasks,
         args.methods,
         device,
         steps=args.steps,
+        rounds=args.rounds,
         compile_kernels=args.compile == "always",
         breakdown=not args.no_breakdown,
     )
     if args.json:
         print(table.to_json(orient="records"))
-    else:
-        print(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+        return 0
+    fmt = {"float_format": lambda v: f"{v:.2f}", "index": False}
+    shares = [f"%{k}" for k in (*PHASES, *OP_KINDS)]
+    print(table[[c for c in table.columns if c not in shares]].to_string(**fmt))
+    if set(shares) <= set(table.columns):
+        print(
+            "\nwhere the time goes, % of a step: by phase (synchronised timers), "
+            "by kind of operation (profiler)"
+        )
+        print(table[["task", "method", *shares]].to_string(**fmt))
     return 0

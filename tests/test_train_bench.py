@@ -1,0 +1,96 @@
+"""The training-throughput benchmark: interleaved rounds, ratios per round, where the time goes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sparsebench import bench as train_bench
+from sparsebench.bench import OP_KINDS, PHASES, TrainingLoop, bench, op_kind
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("aten::addmm", "layers"),
+        ("aten::mm", "layers"),
+        ("aten::mkldnn_convolution", "layers"),
+        ("aten::convolution_backward", "layers"),
+        ("aten::normal_", "noise"),
+        ("aten::bernoulli_", "noise"),
+        ("aten::_fused_adam_", "optimizer_ops"),
+        ("aten::_foreach_add_", "optimizer_ops"),
+        ("aten::mul", "other_ops"),
+        ("aten::randperm", "other_ops"),  # the data shuffle is not the method's noise
+        ("## Call CompiledFxGraph fabc ##", "other_ops"),
+        ("FusedSVD", "framework"),
+        ("Optimizer.step#Adam.step", "framework"),
+        ("autograd::engine::evaluate_function: AddmmBackward0", "framework"),
+    ],
+)
+def test_profiler_events_are_sorted_into_kinds(name: str, kind: str) -> None:
+    assert op_kind(name) == kind
+
+
+def test_rounds_rotate_the_order_and_x_dense_is_the_median_of_round_ratios(monkeypatch) -> None:
+    """Each round times every method once, starting one later; a slow round hits both alike."""
+    calls: list[str] = []
+    # Round 3 runs under load (3x slower for whoever is timed in it): the per-round ratio is 2.0 in
+    # every round, while the ratio of the medians would depend on how the load fell.
+    base = {"dense": 1.0, "sparse_vd": 2.0}
+
+    def fake_seconds(self: TrainingLoop, n: int) -> float:
+        name = self.method.name
+        calls.append(name)
+        timed_round = (len(calls) - 1) // 2 - 1  # the first two calls are the warm-up
+        return base[name] * (3.0 if timed_round == 2 else 1.0)
+
+    monkeypatch.setattr(TrainingLoop, "seconds_per_step", fake_seconds)
+    table = bench(
+        ["lenet300_100"], ["dense", "sparsevd", "sparse-vd"], CPU, steps=8, warmup=1,
+        num_train=400, compile_kernels=False, breakdown=False, rounds=4,
+    )  # fmt: skip
+    assert list(table.method) == ["dense", "sparse_vd"]  # spellings of one method are timed once
+    assert calls[2:] == ["dense", "sparse_vd", "sparse_vd", "dense"] * 2
+    rows = table.set_index("method")
+    assert rows.loc["sparse_vd", "x_dense"] == pytest.approx(2.0)
+    assert rows.loc["dense", "x_dense"] == pytest.approx(1.0)
+    assert rows.loc["dense", "ms_per_step"] == pytest.approx(1000.0)  # median of 1, 1, 3, 1 s
+
+
+def test_breakdowns_add_up_and_only_the_noisy_method_draws_noise() -> None:
+    table = bench(
+        ["lenet300_100"], ["dense", "sparse_vd"], CPU, steps=4, warmup=1,
+        num_train=500, compile_kernels=False, breakdown=True, rounds=2,
+    ).set_index("method")  # fmt: skip
+    for method, row in table.iterrows():
+        assert sum(row[f"%{p}"] for p in PHASES) == pytest.approx(100.0), method
+        assert sum(row[f"%{k}"] for k in OP_KINDS) == pytest.approx(100.0), method
+        assert row.layers_ms > 0 and row["%layers"] > 0
+    assert table.loc["dense", "%noise"] == 0.0  # a dense step draws nothing (the shuffle is data)
+    assert table.loc["sparse_vd", "%noise"] > 0.0  # the local reparameterisation's xi
+    # Two products per layer (mean and variance) cost more than dense's one.
+    assert table.loc["sparse_vd", "layers_ms"] > table.loc["dense", "layers_ms"]
+    assert table.loc["sparse_vd", "layers_x_dense"] == pytest.approx(
+        table.loc["sparse_vd", "layers_ms"] / table.loc["dense", "ms_per_step"]
+    )
+
+
+def test_without_dense_there_is_no_ratio() -> None:
+    table = bench(
+        ["lenet300_100"], ["sparse_vd"], CPU, steps=2, warmup=1,
+        num_train=300, compile_kernels=False, breakdown=False, rounds=2,
+    )  # fmt: skip
+    assert table.x_dense.isna().all() and table.ms_per_step.gt(0).all()
+
+
+def test_native_stderr_is_restored_after_profiling(capfd) -> None:
+    import os
+
+    with train_bench._quiet_native_stderr():
+        os.write(2, b"hidden\n")
+    os.write(2, b"shown\n")
+    err = capfd.readouterr().err
+    assert "hidden" not in err and "shown" in err
