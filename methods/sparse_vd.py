@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from sparsebench.compiled import compiled
 from sparsebench.config import option
 from sparsebench.kl import K1, K2, K3, kl_warmup, sparse_vd_kl_sum
 from sparsebench.method import SparsityMethod, StepContext
@@ -200,28 +201,6 @@ class FusedSVD(torch.autograd.Function):
         return d_theta, d_log_sigma2, None, None, None
 
 
-_COMPILED: dict[str, object] = {}
-
-
-# One compiled graph per weight shape and flag combination. A sweep worker runs many trials in one
-# process (several layers, both flags); the default limit of 8 graphs per function would fail the
-# ninth with fullgraph=True.
-RECOMPILE_LIMIT = 64
-
-
-def compiled(fn: object) -> object:
-    """``fn`` under torch.compile, built on first use (compiling takes seconds per weight shape)."""
-    name = fn.__name__  # type: ignore[attr-defined]
-    if name not in _COMPILED:
-        import torch._dynamo
-
-        config = torch._dynamo.config
-        limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
-        setattr(config, limit, max(getattr(config, limit), RECOMPILE_LIMIT))
-        _COMPILED[name] = torch.compile(fn, fullgraph=True, dynamic=False)
-    return _COMPILED[name]
-
-
 _KL_STASH: weakref.WeakKeyDictionary[nn.Module, tuple[torch.Tensor, tuple[int, ...]]] = (
     weakref.WeakKeyDictionary()
 )
@@ -333,7 +312,7 @@ class LinearSVD(nn.Linear, _SparseVDMixin):
             return F.linear(x, self._eval_weight(), self.bias)
         theta, var = self._train_weights()
         mean = F.linear(x, theta, self.bias)
-        return gaussian_preactivation(mean, F.linear(x * x, var), self.cfg.eps0)
+        return gaussian_preactivation(mean, F.linear(x * x, var), self.cfg.eps0, self.use_compiled)
 
     def to_dense(self, mask: torch.Tensor) -> nn.Linear:
         return standard_layer(self, self.weight.detach() * mask, self.bias)
@@ -368,7 +347,9 @@ class Conv2dSVD(nn.Conv2d, _SparseVDMixin):
             return self._conv_forward(x, self._eval_weight(), self.bias)
         theta, var = self._train_weights()
         mean = self._conv_forward(x, theta, self.bias)
-        return gaussian_preactivation(mean, self._conv_forward(x * x, var, None), self.cfg.eps0)
+        return gaussian_preactivation(
+            mean, self._conv_forward(x * x, var, None), self.cfg.eps0, self.use_compiled
+        )
 
     def to_dense(self, mask: torch.Tensor) -> nn.Conv2d:
         return standard_layer(self, self.weight.detach() * mask, self.bias)
