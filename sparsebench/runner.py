@@ -166,10 +166,12 @@ def place_model(model: nn.Module, device: torch.device) -> nn.Module:
 
     oneDNN's convolutions and max-pooling run faster on channels-last tensors; with the weights
     in that layout the activations follow. Measured on LeNet-5, one thread, in one process
-    (``sparsebench bench --train``): see README, Training throughput.
+    (``sparsebench bench --train``): see README, Training throughput. Convolutions are found by
+    their 4-D weights, not their class: a method's own conv layer (group_nj's ``GroupConv2d``) is
+    not an ``nn.Conv2d`` and needs the layout as much.
     """
     model = model.to(device)
-    if device.type == "cpu" and any(isinstance(m, nn.Conv2d) for m in model.modules()):
+    if device.type == "cpu" and any(p.dim() == 4 for p in model.parameters()):
         model = model.to(memory_format=torch.channels_last)
     return model
 

@@ -581,3 +581,25 @@ def test_the_automatic_threshold_follows_a_fused_adam_step() -> None:
     midpoint = auto_threshold(layer.scale.prune_score(), -3.0)
     assert midpoint < -6.0
     assert layer.current_threshold() == pytest.approx(midpoint)
+
+
+@pytest.mark.parametrize("in_channels", [1, 3])
+def test_group_conv_trains_channels_last_with_mean_and_variance_in_one_layout(in_channels: int) -> None:
+    """place_model finds the group conv by its 4-D weights; with one input channel (LeNet-5's conv1)
+    exp(log variance) loses the channels-last strides, and the variance convolution must not
+    answer in the other layout (the mixed pair made LeNet-5 group_nj's convolutions 1.4x slower)."""
+    from sparsebench.runner import place_model
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(in_channels, 6, 3), nn.Flatten(), nn.Linear(6 * 16, 2))
+    model = place_model(GroupNJ().convert(net), torch.device("cpu")).train()
+    conv = model[0]
+    assert conv.weight_mu.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(4, in_channels, 6, 6)
+    seen = []
+    original = conv._conv
+    conv._conv = lambda inp, w, b: seen.append(original(inp, w, b)) or seen[-1]
+    model(x).sum().backward()
+    mean, var = seen
+    assert mean.stride() == var.stride() and mean.is_contiguous(memory_format=torch.channels_last)
+    assert conv.weight_logvar.grad is not None and torch.isfinite(conv.weight_logvar.grad).all()
