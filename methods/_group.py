@@ -80,6 +80,8 @@ class _GroupLayer(nn.Module):
     """Weight axis of the groups: 1 (inputs) for Linear, 0 (output filters) for Conv2d."""
     fallback_threshold: float = 0.0
     """Used by ``auto_threshold`` when this layer's scores have a single mode (set by the method)."""
+    use_compiled: bool = False
+    """Fuse the training draw's element-wise work into compiled kernels (``GroupMethod.enable_compile``)."""
 
     def _init_variational(
         self, weight: torch.Tensor, bias: torch.Tensor | None, scale: GroupScale, eps0: float
@@ -226,7 +228,7 @@ class GroupLinear(_GroupLayer):
         mean = F.linear(u, self.weight_mu, self.bias_mu)
         bias_var = None if self.bias_logvar is None else self.bias_logvar.exp()
         var = F.linear(u * u, self.weight_logvar.exp(), bias_var)
-        return gaussian_preactivation(mean, var, self.eps0)
+        return gaussian_preactivation(mean, var, self.eps0, self.use_compiled)
 
     def to_standard(self, mask: torch.Tensor) -> nn.Linear:
         return standard_layer(self, *self.standard_params(mask))
@@ -269,7 +271,7 @@ class GroupConv2d(_GroupLayer):
         mean = self._conv(x, self.weight_mu, self.bias_mu)
         var = self._conv(x * x, _strided_like(self.weight_logvar.exp(), self.weight_mu), bias_var)
         z = self.scale.sample(x.shape[0])[:, :, None, None]
-        return gaussian_preactivation(z * mean, z * z * var, self.eps0)
+        return gaussian_preactivation(mean, var, self.eps0, self.use_compiled, scale=z)
 
     def to_standard(self, mask: torch.Tensor) -> nn.Conv2d:
         return standard_layer(self, *self.standard_params(mask))
@@ -532,6 +534,10 @@ class GroupMethod(SparsityMethod):
         except ValueError as exc:
             return f"its weight layers must form a chain in module order ({exc})"
         return None
+
+    def enable_compile(self, model: nn.Module) -> None:
+        for _, layer in self.layers(model):
+            layer.use_compiled = True
 
     def convert(self, model: nn.Module) -> nn.Module:
         def swap(path: str, m: nn.Module) -> nn.Module | None:

@@ -72,13 +72,68 @@ class _GaussianPreactivation(torch.autograd.Function):
         return grad, grad * d_var if ctx.needs_input_grad[1] else None, None, None
 
 
+def scaled_draw_and_slope(
+    mean: torch.Tensor, var: torch.Tensor, scale: torch.Tensor, xi: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``draw_and_slope`` of (scale * mean, scale^2 * var) without forming either product."""
+    std = torch.sqrt(scale * scale * var + eps)
+    return torch.addcmul(scale * mean, std, xi), (0.5 * xi) / std
+
+
+def scaled_draw_grads(
+    grad: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, scale: torch.Tensor, slope: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of scale * mean + sqrt(scale^2 var + eps) xi for mean, var and the scale.
+
+    d/d scale = mean + scale * var * xi / std = mean + 2 scale var slope, summed over the axes the
+    scale was broadcast along.
+    """
+    g_mean = grad * scale
+    g_var = g_mean * scale * slope
+    g_scale = (grad * (mean + 2.0 * scale * var * slope)).sum_to_size(scale.shape)
+    return g_mean, g_var, g_scale
+
+
+class _ScaledGaussianPreactivation(torch.autograd.Function):
+    """scale * mean + sqrt(scale^2 var + eps) * xi as one node (group layers' z on conv outputs).
+
+    Autograd through the products keeps scale * mean and scale^2 * var besides the draw's own
+    tensors and makes a pass over the activation for each product, forward and backward.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, mean: torch.Tensor, var: torch.Tensor, scale: torch.Tensor, eps: float, use_compiled: bool
+    ) -> torch.Tensor:
+        xi = standard_normal_like(mean)
+        fused = use_compiled and mean.numel() >= COMPILED_DRAW_MIN_ELEMENTS
+        draw = compiled(scaled_draw_and_slope) if fused else scaled_draw_and_slope
+        out, slope = draw(mean, var, scale, xi, eps)
+        ctx.save_for_backward(mean, var, scale, slope)
+        ctx.fused = fused
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        grads = compiled(scaled_draw_grads) if ctx.fused else scaled_draw_grads
+        return (*grads(grad, *ctx.saved_tensors), None, None)
+
+
 def gaussian_preactivation(
-    mean: torch.Tensor, var: torch.Tensor, eps: float, use_compiled: bool = False
+    mean: torch.Tensor,
+    var: torch.Tensor,
+    eps: float,
+    use_compiled: bool = False,
+    scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """A draw of a pre-activation with independent N(mean, var + eps) entries (local reparameterisation).
 
     The draw uses ``standard_normal_like(mean)``, so its layout and speed follow the activation's;
     ``use_compiled`` fuses the arithmetic around it (``draw_and_slope``) without changing the draw,
-    for activations large enough to gain from it.
+    for activations large enough to gain from it. With ``scale`` (broadcastable to ``mean``) the
+    pre-activation is N(scale * mean, scale^2 * var + eps), as when a group layer's z multiplies
+    a convolution's output.
     """
+    if scale is not None:
+        return _ScaledGaussianPreactivation.apply(mean, var, scale, eps, use_compiled)
     return _GaussianPreactivation.apply(mean, var, eps, use_compiled)

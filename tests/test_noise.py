@@ -72,3 +72,30 @@ def test_the_fused_draw_has_the_requested_moments_and_no_gradient_for_a_constant
     torch.testing.assert_close(out.var(0), var[0], atol=0, rtol=0.03)
     out.sum().backward()
     assert torch.equal(mean.grad, torch.ones_like(mean)) and var.grad is None
+
+
+@pytest.mark.parametrize("use_compiled", [False, True], ids=["eager", "compiled"])
+def test_the_scaled_draw_equals_the_draw_of_the_scaled_moments(
+    use_compiled: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """N(z mean, z^2 var) in one node: same draws and the same gradients for mean, var and z
+    (z broadcast over positions, as a group conv's per-example, per-filter scale)."""
+    monkeypatch.setattr(noise, "COMPILED_DRAW_MIN_ELEMENTS", 0)
+    torch.manual_seed(5)
+    mean0 = torch.randn(6, 5, 4, 3).to(memory_format=torch.channels_last)
+    var0 = torch.rand(6, 5, 4, 3).to(memory_format=torch.channels_last) + 0.1
+    z0 = torch.randn(6, 5, 1, 1)
+    g = torch.randn(6, 5, 4, 3)
+    results = []
+    for fused in (True, False):
+        mean, var, z = (t.clone().requires_grad_() for t in (mean0, var0, z0))
+        torch.manual_seed(6)
+        if fused:
+            out = gaussian_preactivation(mean, var, 1e-8, use_compiled, scale=z)
+        else:
+            out = gaussian_preactivation(z * mean, z * z * var, 1e-8)
+        out.backward(g)
+        results.append((out, mean.grad, var.grad, z.grad))
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert results[0][3].shape == z0.shape
