@@ -28,6 +28,7 @@ from torch.nn import functional as F
 from sparsebench.config import option
 from sparsebench.errors import ConfigError
 from sparsebench.kl import gaussian_kl_standard_normal, kl_warmup
+from sparsebench.layout import strided_like
 from sparsebench.method import SparsityMethod, StepContext
 from sparsebench.noise import gaussian_preactivation
 from sparsebench.surgery import modules_of_type, replace_modules, standard_layer
@@ -192,19 +193,6 @@ class _GroupLayer(nn.Module):
     eval_mask: torch.Tensor | None = None
 
 
-def _strided_like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """``t`` (same shape and values) laid out with ``ref``'s strides.
-
-    An element-wise op on a conv weight with one input channel (LeNet-5's conv1, (20, 1, 5, 5))
-    cannot tell channels-last from contiguous and returns contiguous strides; a convolution with
-    that weight then answers contiguous while its twin with the parameter answers channels-last,
-    and every later op on the pair, forward and backward, takes the slow mixed-layout path: on
-    LeNet-5 group_nj the layer products took 93 ms of a step instead of 67 (``bench --train``,
-    2026-11-30). Copying a weight is cheap.
-    """
-    return t if t.stride() == ref.stride() else torch.empty_like(ref).copy_(t)
-
-
 def _logvar_like(t: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(t).normal_(INIT_LOGVAR, INIT_STD)
 
@@ -269,7 +257,7 @@ class GroupConv2d(_GroupLayer):
         self.eval_mask = None
         bias_var = None if self.bias_logvar is None else self.bias_logvar.exp()
         mean = self._conv(x, self.weight_mu, self.bias_mu)
-        var = self._conv(x * x, _strided_like(self.weight_logvar.exp(), self.weight_mu), bias_var)
+        var = self._conv(x * x, strided_like(self.weight_logvar.exp(), self.weight_mu), bias_var)
         z = self.scale.sample(x.shape[0])[:, :, None, None]
         return gaussian_preactivation(mean, var, self.eps0, self.use_compiled, scale=z)
 

@@ -22,6 +22,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from sparsebench.compiled import compiled
 from sparsebench.config import option
 from sparsebench.kl import K1, K2, K3, kl_warmup, sparse_vd_kl_sum
+from sparsebench.layout import strided_like
 from sparsebench.method import SparsityMethod, StepContext
 from sparsebench.noise import gaussian_preactivation
 from sparsebench.registry import register_method
@@ -345,7 +346,7 @@ class Conv2dSVD(nn.Conv2d, _SparseVDMixin):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return self._conv_forward(x, self._eval_weight(), self.bias)
-        theta, var = self._train_weights()
+        theta, var = (strided_like(t, self.weight) for t in self._train_weights())
         mean = self._conv_forward(x, theta, self.bias)
         return gaussian_preactivation(
             mean, self._conv_forward(x * x, var, None), self.cfg.eps0, self.use_compiled
