@@ -3,16 +3,18 @@
 Every method of a task runs in the same process on the same device, and their steps are timed
 in interleaved rounds (a block of steps of each method per round, the order rotating), so a
 change in machine load during the benchmark hits every method alike; ``x_dense`` is the median
-over rounds of each round's ratio. Inputs are random tensors of the task's real training-set
-size and shape held on the device and batched by the same ``TensorBatches`` the runner uses, so
-data handling is measured too, without needing the dataset.
+over rounds of each round's ratio of time per training example (= per epoch), so a method whose
+recipe has another batch size (group_nj: 128) is compared on the same data, not the same steps.
+Inputs are random tensors of the task's real training-set size and shape held on the device and
+batched by the same ``TensorBatches`` the runner uses, so data handling is measured too, without
+needing the dataset.
 
 Two breakdowns say where the time goes: by phase of the step (data, forward, regulariser,
 backward, optimiser, hooks; synchronised timers) and by kind of operation (the layers' matrix
 products and convolutions, noise draws, optimiser kernels, other tensor operations, and the
 Python and framework time around them; from ``torch.profiler``). ``layers_x_dense`` is what a
-method's step would cost against dense if everything but its layer products were free: the floor
-that fusing element-wise work cannot go below.
+method's training would cost against dense (per example) if everything but its layer products
+were free: the floor that fusing element-wise work cannot go below.
 """
 
 from __future__ import annotations
@@ -221,11 +223,12 @@ def bench_task(
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
             per_round[name].append(loops[name].seconds_per_step(block))
+    per_example = {n: [t / loops[n].recipe.batch_size for t in times] for n, times in per_round.items()}
     rows = []
     for name, loop in loops.items():
         per_step = statistics.median(per_round[name])
-        dense_rounds = per_round.get("dense")
-        ratios = [t / d for t, d in zip(per_round[name], dense_rounds, strict=True)] if dense_rounds else []
+        dense = per_example.get("dense")
+        ratios = [t / d for t, d in zip(per_example[name], dense, strict=True)] if dense else []
         row: dict[str, Any] = {
             "task": loop.task.name,
             "method": loop.method.name,
@@ -244,9 +247,9 @@ def bench_task(
             row["layers_ms"] = 1000 * ops["layers"]
         rows.append(row)
     if breakdown and "dense" in per_round:
-        dense_ms = 1000 * statistics.median(per_round["dense"])
+        dense_ms_per_example = 1000 * statistics.median(per_example["dense"])
         for row in rows:
-            row["layers_x_dense"] = row["layers_ms"] / dense_ms
+            row["layers_x_dense"] = row["layers_ms"] / row["batch_size"] / dense_ms_per_example
     return rows
 
 

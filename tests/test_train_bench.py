@@ -94,3 +94,17 @@ def test_native_stderr_is_restored_after_profiling(capfd) -> None:
     os.write(2, b"shown\n")
     err = capfd.readouterr().err
     assert "hidden" not in err and "shown" in err
+
+
+def test_x_dense_compares_time_per_example_across_batch_sizes(monkeypatch) -> None:
+    """group_nj's recipe takes batches of 128, dense's 100: an epoch, not a step, is the unit."""
+    per_step = {"dense": 1.0, "group_nj": 2.56}
+    monkeypatch.setattr(TrainingLoop, "seconds_per_step", lambda self, n: per_step[self.method.name])
+    table = bench(
+        ["lenet300_100"], ["dense", "group_nj"], CPU, steps=2, warmup=1,
+        num_train=6400, compile_kernels=False, breakdown=False, rounds=2,  # whole batches of both
+    ).set_index("method")  # fmt: skip
+    assert table.loc["group_nj", "batch_size"] == 128 and table.loc["dense", "batch_size"] == 100
+    assert table.loc["group_nj", "x_dense"] == pytest.approx(2.56 / 128 / (1.0 / 100))
+    ratio_of_epochs = table.loc["group_nj", "seconds_per_epoch"] / table.loc["dense", "seconds_per_epoch"]
+    assert table.loc["group_nj", "x_dense"] == pytest.approx(ratio_of_epochs)
