@@ -179,7 +179,13 @@ class TrainingLoop:
         return {f"%{p}": 100 * phases[p] / measured if measured else 0.0 for p in PHASES}
 
     def op_seconds(self, n: int) -> dict[str, float]:
-        """Seconds per step of each kind of operation (``OP_KINDS``) over ``n`` profiled steps."""
+        """Seconds per step of each kind of operation (``OP_KINDS``) over ``n`` profiled steps.
+
+        On CUDA these are kernel times on the device, each credited to the operator that launched
+        it (the kernels' own rows would count it twice); host-side overhead then shows only as
+        device idle time, which this breakdown does not see.
+        """
+        from torch.autograd import DeviceType
         from torch.profiler import ProfilerActivity, profile
 
         cuda = self.device.type == "cuda"
@@ -190,6 +196,8 @@ class TrainingLoop:
             _sync(self.device)
         seconds: dict[str, float] = dict.fromkeys(OP_KINDS, 0.0)
         for event in prof.key_averages():
+            if event.device_type != DeviceType.CPU:  # a kernel's row: already in its launcher's
+                continue
             micros = event.self_device_time_total if cuda else event.self_cpu_time_total
             seconds[op_kind(event.key)] += micros / 1e6 / n
         return seconds
