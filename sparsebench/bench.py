@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -37,24 +38,29 @@ from sparsebench.runner import autocast, build_optimizer, place_model
 
 PHASES = ("data", "forward", "regularizer", "backward", "optimizer", "method_hooks")
 
-# Kinds of operation, matched against profiler event names (self time, so nothing counts twice).
+# Kinds of tensor work, matched against profiler event names (self time, so nothing counts twice).
 LAYER_OPS = (
     "aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addmv", "aten::mv",
     "aten::mkldnn_convolution", "aten::convolution_backward", "aten::cudnn_convolution",
-    "aten::_mkldnn_", "aten::mkldnn_rnn", "aten::_cudnn_rnn", "aten::_thnn_fused_lstm_cell",
+    "aten::mkldnn_linear", "aten::mkldnn_rnn", "aten::_cudnn_rnn", "aten::_thnn_fused_lstm_cell",
     "aten::_embedding_bag", "aten::embedding_dense_backward",
 )  # fmt: skip
 NOISE_OPS = ("aten::normal_", "aten::uniform_", "aten::bernoulli_", "aten::random_")
 OPTIMIZER_OPS = ("aten::_fused_adam", "aten::_fused_sgd", "aten::_foreach_")
+COMPILED_KERNELS = ("triton_", "cpp_fused")
+"""Inductor's kernels: on CUDA each Triton launch sits in a range named after the kernel; on CPU
+the C++ kernels run inside the graph call's "## Call CompiledFxGraph" range."""
 OP_KINDS = ("layers", "noise", "optimizer_ops", "other_ops", "framework")
+"""``framework`` is the rest of the step's wall time: Python, dispatch, autograd bookkeeping, and
+on CUDA the time the device waits for the host."""
 
 
-def op_kind(name: str) -> str:
-    """Which kind of work a profiler event is: one of ``OP_KINDS``.
+def op_kind(name: str) -> str | None:
+    """Which kind of tensor work a profiler event is, or None for a range that is not tensor work.
 
-    Events that are not aten operators (autograd nodes, ``record_function`` ranges, compiled-graph
-    calls' Python wrappers) carry the Python and dispatch time around the kernels as self time;
-    compiled element-wise kernels ("CompiledFxGraph") are tensor work and count as other ops.
+    Events that are not operators (autograd nodes, ``record_function`` ranges) carry Python and
+    dispatch time as self time; they are not counted, and land in ``framework`` with every other
+    moment of the step no operator accounts for.
     """
     if name.startswith(LAYER_OPS):
         return "layers"
@@ -62,9 +68,9 @@ def op_kind(name: str) -> str:
         return "noise"
     if name.startswith(OPTIMIZER_OPS):
         return "optimizer_ops"
-    if name.startswith("aten::") or "CompiledFxGraph" in name:
+    if name.startswith(("aten::", *COMPILED_KERNELS)) or "CompiledFxGraph" in name:
         return "other_ops"
-    return "framework"
+    return None
 
 
 def _sync(device: torch.device) -> None:
@@ -86,7 +92,11 @@ def _timed(totals: dict[str, float] | None, phase: str, device: torch.device) ->
 
 @contextmanager
 def _quiet_native_stderr() -> Iterator[None]:
-    """Silence what native code writes to file descriptor 2 (kineto prints a line per profile)."""
+    """Silence what native code writes to file descriptor 2 (kineto prints a line per profile).
+
+    Python's warnings written meanwhile are silenced too; only the profiled steps run inside.
+    """
+    sys.stderr.flush()
     saved = os.dup(2)
     try:
         with open(os.devnull, "w") as devnull:
@@ -162,7 +172,9 @@ class TrainingLoop:
             method.on_step_end(self.model, ctx)
 
     def seconds_per_step(self, n: int) -> float:
-        """Wall time of ``n`` steps without synchronisation inside them, per step."""
+        """Wall time of ``n`` steps without synchronisation inside them, per step (0 for none)."""
+        if n <= 0:
+            return 0.0
         _sync(self.device)
         start = time.perf_counter()
         for _ in range(n):
@@ -179,11 +191,12 @@ class TrainingLoop:
         return {f"%{p}": 100 * phases[p] / measured if measured else 0.0 for p in PHASES}
 
     def op_seconds(self, n: int) -> dict[str, float]:
-        """Seconds per step of each kind of operation (``OP_KINDS``) over ``n`` profiled steps.
+        """Seconds per step of each kind of work (``OP_KINDS``) over ``n`` profiled steps.
 
-        On CUDA these are kernel times on the device, each credited to the operator that launched
-        it (the kernels' own rows would count it twice); host-side overhead then shows only as
-        device idle time, which this breakdown does not see.
+        ``framework`` is the profiled wall time less the tensor work (so the profiler's own cost
+        per operator counts there too). On CUDA the tensor work is kernel time on the device, each
+        kernel credited to the operator that launched it (the kernels' own rows would count it
+        twice).
         """
         from torch.autograd import DeviceType
         from torch.profiler import ProfilerActivity, profile
@@ -191,15 +204,20 @@ class TrainingLoop:
         cuda = self.device.type == "cuda"
         activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
         with _quiet_native_stderr(), profile(activities=activities) as prof:
+            _sync(self.device)
+            start = time.perf_counter()
             for _ in range(n):
                 self.step()
             _sync(self.device)
+            wall = (time.perf_counter() - start) / n
         seconds: dict[str, float] = dict.fromkeys(OP_KINDS, 0.0)
         for event in prof.key_averages():
-            if event.device_type != DeviceType.CPU:  # a kernel's row: already in its launcher's
+            kind = op_kind(event.key)
+            if kind is None or event.device_type != DeviceType.CPU:  # kernel rows: in their launcher's
                 continue
             micros = event.self_device_time_total if cuda else event.self_cpu_time_total
-            seconds[op_kind(event.key)] += micros / 1e6 / n
+            seconds[kind] += micros / 1e6 / n
+        seconds["framework"] = max(0.0, wall - sum(seconds.values()))
         return seconds
 
 
@@ -219,14 +237,11 @@ def bench_task(
     x = torch.randn(num_train, *example.shape[1:], device=device)
     y = torch.randint(0, 10, (num_train,), device=device)
     data = TensorBatches(x, y)
-    loops: dict[str, TrainingLoop] = {}
-    for requested in methods:
-        loop = TrainingLoop(task_name, requested, data, device, compile_kernels)
-        loops.setdefault(loop.method.name, loop)  # "sparsevd" and "sparse_vd" are one method
-    names = list(loops)
+    names = list(dict.fromkeys(METHODS.get(m).name for m in methods))  # sparsevd = sparse_vd
+    loops = {name: TrainingLoop(task_name, name, data, device, compile_kernels) for name in names}
     for loop in loops.values():
         loop.seconds_per_step(warmup)
-    block = max(1, steps // rounds)
+    block = max(1, steps // rounds)  # the CLI asks for steps >= rounds
     per_round: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
@@ -250,14 +265,13 @@ def bench_task(
             detail_steps = max(20, steps // 4)
             row.update(loop.phase_shares(detail_steps))
             ops = loop.op_seconds(detail_steps)
-            measured = sum(ops.values())
-            row.update({f"%{k}": 100 * v / measured if measured else 0.0 for k, v in ops.items()})
+            wall = sum(ops.values())
+            row.update({f"%{k}": 100 * v / wall if wall else 0.0 for k, v in ops.items()})
             row["layers_ms"] = 1000 * ops["layers"]
+            # The layers' share of this method's profiled step times its interleaved ratio to dense,
+            # so a load change between the profiled blocks cancels as it does for x_dense.
+            row["layers_x_dense"] = row["x_dense"] * ops["layers"] / wall if wall else float("nan")
         rows.append(row)
-    if breakdown and "dense" in per_round:
-        dense_ms_per_example = 1000 * statistics.median(per_example["dense"])
-        for row in rows:
-            row["layers_x_dense"] = row["layers_ms"] / row["batch_size"] / dense_ms_per_example
     return rows
 
 

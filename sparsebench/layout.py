@@ -18,4 +18,8 @@ def strided_like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 
     Meant for weights (small): the copy costs nothing next to the convolution that reads it.
     """
-    return t if t.stride() == ref.stride() else torch.empty_like(ref).copy_(t)
+    if t.stride() == ref.stride():
+        return t
+    if t.shape != ref.shape:
+        raise ValueError(f"strided_like: shapes differ ({tuple(t.shape)} vs {tuple(ref.shape)})")
+    return torch.empty_strided(t.shape, ref.stride(), dtype=t.dtype, device=t.device).copy_(t)

@@ -97,8 +97,9 @@ def scaled_draw_grads(
 class _ScaledGaussianPreactivation(torch.autograd.Function):
     """scale * mean + sqrt(scale^2 var + eps) * xi as one node (group layers' z on conv outputs).
 
-    Autograd through the products keeps scale * mean and scale^2 * var besides the draw's own
-    tensors and makes a pass over the activation for each product, forward and backward.
+    Autograd through the two products and the draw makes a pass over the activation for each
+    product and each of the draw's steps, forward and backward; this node makes one each way when
+    compiled. It keeps about what autograd would (mean, var, the scale and the draw's slope).
     """
 
     @staticmethod

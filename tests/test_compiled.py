@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 
+from sparsebench import compiled as compiled_kernels
 from sparsebench import noise
 from sparsebench.method import StepContext
 from sparsebench.registry import METHODS, TASKS
@@ -42,8 +43,12 @@ def test_a_compiled_training_step_equals_the_eager_one(
     method_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(noise, "COMPILED_DRAW_MIN_ELEMENTS", 0)  # a small batch takes the fused draw too
+    monkeypatch.setattr(compiled_kernels, "_COMPILED", {})  # to see which kernels this test compiles
     eager_loss, eager_grads = one_step_grads(method_name, compiled=False)
     loss, grads = one_step_grads(method_name, compiled=True)
+    # The compiled path really ran (else this would compare eager with eager).
+    draw = "scaled_draw_and_slope" if method_name.startswith("group") else "draw_and_slope"
+    assert f"sparsebench.noise.{draw}" in compiled_kernels._COMPILED
     torch.testing.assert_close(loss, eager_loss, rtol=1e-5, atol=1e-5)
     assert grads.keys() == eager_grads.keys()
     for name, grad in grads.items():

@@ -25,27 +25,28 @@ CPU = torch.device("cpu")
         ("aten::mul", "other_ops"),
         ("aten::randperm", "other_ops"),  # the data shuffle is not the method's noise
         ("## Call CompiledFxGraph fabc ##", "other_ops"),
-        ("FusedSVD", "framework"),
-        ("Optimizer.step#Adam.step", "framework"),
-        ("autograd::engine::evaluate_function: AddmmBackward0", "framework"),
+        ("triton_poi_fused_add_mul_0", "other_ops"),  # an Inductor kernel's range on CUDA
+        ("FusedSVD", None),  # ranges around the work: their time is the step's rest, framework
+        ("Optimizer.step#Adam.step", None),
+        ("autograd::engine::evaluate_function: AddmmBackward0", None),
     ],
 )
-def test_profiler_events_are_sorted_into_kinds(name: str, kind: str) -> None:
+def test_profiler_events_are_sorted_into_kinds(name: str, kind: str | None) -> None:
     assert op_kind(name) == kind
 
 
 def test_rounds_rotate_the_order_and_x_dense_is_the_median_of_round_ratios(monkeypatch) -> None:
-    """Each round times every method once, starting one later; a slow round hits both alike."""
+    """Each round times every method once, starting one later; the ratio is taken within rounds."""
     calls: list[str] = []
-    # Round 3 runs under load (3x slower for whoever is timed in it): the per-round ratio is 2.0 in
-    # every round, while the ratio of the medians would depend on how the load fell.
-    base = {"dense": 1.0, "sparse_vd": 2.0}
+    # Load changes between blocks: per round dense takes 1, 3, 3, 3 s and sparse_vd 2, 6, 6, 2 s.
+    # The rounds' ratios are 2, 2, 2, 2/3 (median 2); the ratio of the medians would be 4/3.
+    times = {"dense": [1.0, 3.0, 3.0, 3.0], "sparse_vd": [2.0, 6.0, 6.0, 2.0]}
 
     def fake_seconds(self: TrainingLoop, n: int) -> float:
         name = self.method.name
         calls.append(name)
         timed_round = (len(calls) - 1) // 2 - 1  # the first two calls are the warm-up
-        return base[name] * (3.0 if timed_round == 2 else 1.0)
+        return 1.0 if timed_round < 0 else times[name][timed_round]
 
     monkeypatch.setattr(TrainingLoop, "seconds_per_step", fake_seconds)
     table = bench(
@@ -57,7 +58,7 @@ def test_rounds_rotate_the_order_and_x_dense_is_the_median_of_round_ratios(monke
     rows = table.set_index("method")
     assert rows.loc["sparse_vd", "x_dense"] == pytest.approx(2.0)
     assert rows.loc["dense", "x_dense"] == pytest.approx(1.0)
-    assert rows.loc["dense", "ms_per_step"] == pytest.approx(1000.0)  # median of 1, 1, 3, 1 s
+    assert rows.loc["dense", "ms_per_step"] == pytest.approx(3000.0)  # median of 1, 3, 3, 3 s
 
 
 def test_breakdowns_add_up_and_only_the_noisy_method_draws_noise() -> None:
@@ -71,11 +72,8 @@ def test_breakdowns_add_up_and_only_the_noisy_method_draws_noise() -> None:
         assert row.layers_ms > 0 and row["%layers"] > 0
     assert table.loc["dense", "%noise"] == 0.0  # a dense step draws nothing (the shuffle is data)
     assert table.loc["sparse_vd", "%noise"] > 0.0  # the local reparameterisation's xi
-    # Two products per layer (mean and variance) cost more than dense's one.
-    assert table.loc["sparse_vd", "layers_ms"] > table.loc["dense", "layers_ms"]
-    assert table.loc["sparse_vd", "layers_x_dense"] == pytest.approx(
-        table.loc["sparse_vd", "layers_ms"] / table.loc["dense", "ms_per_step"]
-    )
+    for method, row in table.iterrows():  # the floor is the layers' share of the measured ratio
+        assert row.layers_x_dense == pytest.approx(row.x_dense * row["%layers"] / 100), method
 
 
 def test_without_dense_there_is_no_ratio() -> None:

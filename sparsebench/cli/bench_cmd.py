@@ -53,7 +53,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     shared.add_argument("--out", help="--break-even: also write the full sweep to this CSV file")
     training = p.add_argument_group("--train")
     training.add_argument("--methods", nargs="+", default=["dense", "sparse_vd"])
-    training.add_argument("--steps", type=int, default=200, help="timed optimiser steps per pair")
+    training.add_argument(
+        "--steps", type=int, default=200, help="timed optimiser steps per method, split across --rounds"
+    )
     training.add_argument(
         "--rounds",
         type=int,
@@ -222,8 +224,10 @@ def _train(args: argparse.Namespace, device: Any) -> int:
     from sparsebench.bench import OP_KINDS, PHASES, bench
     from sparsebench.errors import ConfigError
 
-    if args.steps < 1 or args.rounds < 1:
-        raise ConfigError(f"--steps and --rounds must be >= 1 (got {args.steps} and {args.rounds})")
+    if args.rounds < 1 or args.steps < args.rounds:
+        raise ConfigError(
+            f"--rounds must be >= 1 and --steps >= --rounds (got {args.steps} steps, {args.rounds} rounds)"
+        )
     table = bench(
         args.tasks,
         args.methods,
