@@ -27,11 +27,11 @@ from torch.nn import functional as F
 
 from sparsebench.config import option
 from sparsebench.errors import ConfigError
-from sparsebench.kl import gaussian_kl_standard_normal, kl_warmup
-from sparsebench.layout import strided_like
+from sparsebench.toolkit.kl import gaussian_kl_standard_normal, kl_warmup
+from sparsebench.toolkit.layout import strided_like
 from sparsebench.method import SparsityMethod, StepContext
-from sparsebench.noise import gaussian_preactivation
-from sparsebench.surgery import modules_of_type, replace_modules, standard_layer
+from sparsebench.toolkit.noise import gaussian_preactivation
+from sparsebench.toolkit.surgery import modules_of_type, replace_modules, standard_layer
 
 SCORE_CLIP = 20.0
 """Scores are clipped to +-this for the mixture fit only: a dead group's log alpha can grow without

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from sparsebench.noise import gaussian_preactivation
+from sparsebench.toolkit.noise import gaussian_preactivation
 
 
 class InputNoise(nn.Module):

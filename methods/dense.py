@@ -7,7 +7,7 @@ from torch import nn
 
 from sparsebench.method import SparsityMethod
 from sparsebench.registry import register_method
-from sparsebench.surgery import modules_of_type
+from sparsebench.toolkit.surgery import modules_of_type
 
 
 @register_method("dense")

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from sparsebench.config import TrainConfig, option
-from sparsebench.kl import sparse_vd_kl
+from sparsebench.toolkit.kl import sparse_vd_kl
 from sparsebench.registry import register_method
 from sparsebench.tasks._mnist import MNIST_TASKS
 

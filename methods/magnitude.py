@@ -3,7 +3,7 @@
 Rule: remove the weights of smallest |w| — along a cubic sparsity schedule during training (AGP,
 the default), by a per-layer threshold quality * std(W) in prune/retrain rounds (Han), or once to the
 target (one-shot) — then fine-tune the survivors under frozen masks. Specified in docs/methods.md
-section 6; the masks are enforced by ``sparsebench.masking``.
+section 6; the masks are enforced by ``sparsebench.toolkit.masking``.
 
 Every decision is a pure function of the optimiser step, so a resumed run prunes at the same steps
 and the masks themselves come back from the checkpoint (they are buffers).
@@ -18,7 +18,7 @@ from torch import nn
 
 from sparsebench.config import TrainConfig, option
 from sparsebench.errors import ConfigError
-from sparsebench.masking import (
+from sparsebench.toolkit.masking import (
     MaskedMethod,
     check_sparsity,
     effective,

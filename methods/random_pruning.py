@@ -15,7 +15,7 @@ from torch import nn
 
 from sparsebench.config import option
 from sparsebench.errors import ConfigError
-from sparsebench.masking import MaskedMethod, Scorer, check_sparsity, mask_of
+from sparsebench.toolkit.masking import MaskedMethod, Scorer, check_sparsity, mask_of
 from sparsebench.method import StepContext
 from sparsebench.registry import register_method
 

@@ -19,14 +19,14 @@ from torch import nn
 from torch.nn import functional as F
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from sparsebench.compiled import compiled
+from sparsebench.toolkit.compiled import compiled
 from sparsebench.config import option
-from sparsebench.kl import K1, K2, K3, kl_warmup, sparse_vd_kl_sum
-from sparsebench.layout import strided_like
+from sparsebench.toolkit.kl import K1, K2, K3, kl_warmup, sparse_vd_kl_sum
+from sparsebench.toolkit.layout import strided_like
 from sparsebench.method import SparsityMethod, StepContext
-from sparsebench.noise import gaussian_preactivation
+from sparsebench.toolkit.noise import gaussian_preactivation
 from sparsebench.registry import register_method
-from sparsebench.surgery import modules_of_type, replace_modules, standard_layer
+from sparsebench.toolkit.surgery import modules_of_type, replace_modules, standard_layer
 
 LOG_ALPHA_MIN, LOG_ALPHA_MAX = -8.0, 8.0
 EPS_THETA = 1e-8

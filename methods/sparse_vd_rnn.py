@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from sparsebench.methods.sparse_vd import LinearSVD, SparseVDConfig, _SparseVDMixin
-from sparsebench.surgery import modules_of_type
+from sparsebench.toolkit.surgery import modules_of_type
 
 VAR_FLOOR = 1e-30
 """Floor under a weight's variance before the square root. A masked weight has variance exactly 0,

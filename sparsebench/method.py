@@ -105,7 +105,7 @@ class SparsityMethod(ABC):
 
     def export(self, model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
         """A model of standard layers with the masks applied. Default: copy and zero the weights."""
-        from sparsebench.metrics import mask_target
+        from sparsebench.measure.counts import mask_target
 
         exported = copy.deepcopy(model)
         with torch.no_grad():

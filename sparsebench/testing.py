@@ -30,8 +30,8 @@ from torch import nn
 from sparsebench.config import TrainConfig, apply_overrides
 from sparsebench.errors import ConfigError
 from sparsebench.method import SparsityMethod, StepContext
-from sparsebench.metrics import WEIGHT_LAYERS, check_export, layer_table, summarize
-from sparsebench.runner import build_optimizer, lr_factor
+from sparsebench.measure.counts import WEIGHT_LAYERS, check_export, layer_table, summarize
+from sparsebench.run.runner import build_optimizer, lr_factor
 from sparsebench.task import Task
 
 CPU = torch.device("cpu")

@@ -7,11 +7,11 @@ import copy
 import pytest
 import torch
 
-from sparsebench import compiled as compiled_kernels
-from sparsebench import noise
+from sparsebench.toolkit import compiled as compiled_kernels
+from sparsebench.toolkit import noise
 from sparsebench.method import StepContext
 from sparsebench.registry import METHODS, TASKS
-from sparsebench.runner import place_model
+from sparsebench.run.runner import place_model
 
 
 def one_step_grads(method_name: str, compiled: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -48,7 +48,7 @@ def test_a_compiled_training_step_equals_the_eager_one(
     loss, grads = one_step_grads(method_name, compiled=True)
     # The compiled path really ran (else this would compare eager with eager).
     draw = "scaled_draw_and_slope" if method_name.startswith("group") else "draw_and_slope"
-    assert f"sparsebench.noise.{draw}" in compiled_kernels._COMPILED
+    assert f"sparsebench.toolkit.noise.{draw}" in compiled_kernels._COMPILED
     torch.testing.assert_close(loss, eager_loss, rtol=1e-5, atol=1e-5)
     assert grads.keys() == eager_grads.keys()
     for name, grad in grads.items():

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from sparsebench.method import SparsityMethod, StepContext
-from sparsebench.metrics import WEIGHT_LAYERS, weight_tensors
+from sparsebench.measure.counts import WEIGHT_LAYERS, weight_tensors
 from sparsebench.registry import METHODS, TASKS
 from sparsebench.testing import (
     ConformanceError,

@@ -1,4 +1,4 @@
-"""``sparsebench.kl`` against quadrature of the exact KL (methods.md sections 11.1-11.4 and 11.10).
+"""``sparsebench.toolkit.kl`` against quadrature of the exact KL (methods.md sections 11.1-11.4 and 11.10).
 
 The exact Sparse VD KL to the log-uniform prior, normalised to vanish as alpha -> infinity, is
 E log|xi + alpha^(-1/2)| - E log|xi| with xi ~ N(0, 1) (section 2.4); it is computed here by
@@ -15,7 +15,7 @@ import pytest
 import torch
 from scipy import integrate
 
-from sparsebench.kl import kingma_neg_kl, kl_warmup, sparse_vd_kl, sparse_vd_kl_sum
+from sparsebench.toolkit.kl import kingma_neg_kl, kl_warmup, sparse_vd_kl, sparse_vd_kl_sum
 
 E_LOG_ABS_NORMAL = -(np.euler_gamma + math.log(2.0)) / 2  # E log|xi| = -0.6351814
 _NORMAL_PDF = 1.0 / math.sqrt(2.0 * math.pi)

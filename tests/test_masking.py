@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from sparsebench.masking import (
+from sparsebench.toolkit.masking import (
     KeepMask,
     attach_masks,
     keep_masks,

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from sparsebench.metrics import check_export, format_compression, layer_table, paper_row, summarize
+from sparsebench.measure.counts import check_export, format_compression, layer_table, paper_row, summarize
 from sparsebench.registry import TASKS
 from sparsebench.task import PaperResult
 

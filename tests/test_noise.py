@@ -7,8 +7,8 @@ import functools
 import pytest
 import torch
 
-from sparsebench import noise
-from sparsebench.noise import gaussian_preactivation, standard_normal_like
+from sparsebench.toolkit import noise
+from sparsebench.toolkit.noise import gaussian_preactivation, standard_normal_like
 
 
 def test_channels_last_draws_keep_the_layout_and_are_standard_normal() -> None:

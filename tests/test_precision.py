@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from sparsebench.precision import (
+from sparsebench.measure.precision import (
     exponent_bits,
     layer_significand_bits,
     precision_report,

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from sparsebench.registry import TASKS
-from sparsebench.structured import (
+from sparsebench.measure.structured import (
     Gather,
     shrink_sequential,
     shrunk_size,

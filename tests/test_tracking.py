@@ -49,7 +49,7 @@ def test_an_unknown_id_or_a_too_short_prefix_says_what_to_give(client, typed: st
 
 
 def test_resume_ids_are_matched_against_the_checkpoint_folders(tmp_path) -> None:
-    from sparsebench import checkpoint
+    from sparsebench.run import checkpoint
 
     for run in ("aaaaaa11" + "0" * 24, "aaaaaa22" + "0" * 24, "bbbbbb33" + "0" * 24):
         (tmp_path / run).mkdir()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sparsebench import bench as train_bench
-from sparsebench.bench import OP_KINDS, PHASES, TrainingLoop, bench, op_kind
+from sparsebench.bench import train as train_bench
+from sparsebench.bench.train import OP_KINDS, PHASES, TrainingLoop, bench, op_kind
 
 CPU = torch.device("cpu")
 

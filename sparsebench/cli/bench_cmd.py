@@ -78,7 +78,7 @@ def handle(args: argparse.Namespace) -> int:
     import torch
 
     from sparsebench.errors import ConfigError
-    from sparsebench.runner import resolve_device
+    from sparsebench.run.runner import resolve_device
 
     runs = [*args.run_ids, *args.runs]
     modes = [bool(runs), args.break_even, args.train]
@@ -100,7 +100,7 @@ def _inference(args: argparse.Namespace, runs: list[str], device: Any) -> int:
     import pandas as pd
 
     from sparsebench.errors import ConfigError
-    from sparsebench.inference.benchmark import bench_formats, best_rows, environment, load_run, log_to_run
+    from sparsebench.bench.inference import bench_formats, best_rows, environment, load_run, log_to_run
     from sparsebench.inference.formats import FORMATS
 
     unknown = sorted(set(args.formats or []) - set(FORMATS))
@@ -181,7 +181,7 @@ def _break_even(args: argparse.Namespace, device: Any) -> int:
     import pandas as pd
     import torch
 
-    from sparsebench.inference.breakeven import break_even_table, layer_shapes, sweep_layer
+    from sparsebench.bench.breakeven import break_even_table, layer_shapes, sweep_layer
     from sparsebench.registry import TASKS
 
     backends = [b for b in args.backends if device.type == "cpu" or b == "torch"]
@@ -221,7 +221,7 @@ def _threads() -> int:
 
 
 def _train(args: argparse.Namespace, device: Any) -> int:
-    from sparsebench.bench import OP_KINDS, PHASES, bench
+    from sparsebench.bench.train import OP_KINDS, PHASES, bench
     from sparsebench.errors import ConfigError
 
     if args.rounds < 1 or args.steps < args.rounds:

@@ -116,7 +116,7 @@ def _default_uri() -> str:
 
 def _train(args: argparse.Namespace, overrides: dict[str, Any]) -> Any:
     from sparsebench.config import parse_assignment
-    from sparsebench.runner import RunRequest, refinish, train
+    from sparsebench.run.runner import RunRequest, refinish, train
 
     request = RunRequest(
         task=args.task or "",

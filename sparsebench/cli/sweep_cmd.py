@@ -81,7 +81,7 @@ def handle(args: argparse.Namespace) -> int:
     if not files and not (args.method and args.task):
         raise ConfigError("sweep needs a spec file (see sweeps/) or --method and --task")
     spec = _spec(args, files[0] if files else None)
-    from sparsebench.sweep import SweepEnv
+    from sparsebench.sweep.study import SweepEnv
 
     env = SweepEnv(args.tracking_uri, args.experiment, args.data_dir, args.device)
     if status:
@@ -94,7 +94,7 @@ def handle(args: argparse.Namespace) -> int:
 def scaling(spec: Any, env: Any, args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from sparsebench.sweep_scaling import measure_scaling
+    from sparsebench.sweep.scaling import measure_scaling
 
     # Its own MLflow experiment, so throwaway trials never mix with a real study's runs.
     table = measure_scaling(spec, replace(env, experiment=f"{env.experiment}-scaling"), args.scaling)
@@ -114,7 +114,7 @@ def _spec(args: argparse.Namespace, path: str | None) -> Any:
     """The spec with the command line's changes, validated again as a whole."""
     from sparsebench.config import parse_assignment
     from sparsebench.errors import ConfigError
-    from sparsebench.sweep_spec import default_spec, load_spec, spec_from_dict
+    from sparsebench.sweep.spec import default_spec, load_spec, spec_from_dict
 
     spec = load_spec(path) if path else default_spec(args.method, args.task)
     data = spec.to_dict()
@@ -133,7 +133,7 @@ def _spec(args: argparse.Namespace, path: str | None) -> Any:
 
 
 def run(spec: Any, env: Any, args: argparse.Namespace) -> int:
-    from sparsebench.sweep import run_sweep, run_worker
+    from sparsebench.sweep.study import run_sweep, run_worker
 
     try:
         if args.worker_index is not None:
@@ -180,7 +180,7 @@ def show_status(spec: Any, env: Any, as_json: bool) -> int:
 def status_report(spec: Any, env: Any) -> dict[str, Any]:
     from dataclasses import asdict
 
-    from sparsebench.sweep import (
+    from sparsebench.sweep.study import (
         best_trials,
         find_parent_run,
         load_existing_study,

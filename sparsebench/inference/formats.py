@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from sparsebench.inference.sparse_layers import FormatUnsupported, sparsify_layers, sparsify_sequential
-from sparsebench.structured import shrink_sequential
+from sparsebench.measure.structured import shrink_sequential
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from sparsebench.structured import Gather
-from sparsebench.surgery import replace_modules
+from sparsebench.measure.structured import Gather
+from sparsebench.toolkit.surgery import replace_modules
 
 Backend = Literal["torch", "scipy"]
 

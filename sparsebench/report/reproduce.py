@@ -25,7 +25,7 @@ REPRODUCTION_TAG = "reproduction_of_report"
 
 def default_config(task: str, method: str) -> dict[str, Any] | None:
     """The flat config a plain ``sparsebench run`` would use, or None if a plugin is missing."""
-    from sparsebench.runner import plan_run
+    from sparsebench.run.runner import plan_run
 
     try:
         return plan_run(task, method, {}).flat_config()
@@ -142,7 +142,7 @@ class ReproduceRequest:
 
 def reproduce(request: ReproduceRequest) -> list[Replayed]:
     """Re-run a report's runs with their recorded configs; new runs are tagged with the report's name."""
-    from sparsebench.runner import RunRequest, train
+    from sparsebench.run.runner import RunRequest, train
 
     manifest = read_manifest(request.folder)
     entries = replay_order(manifest["runs"])

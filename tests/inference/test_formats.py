@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from sparsebench.inference.benchmark import ATOL, RTOL, bench_formats
+from sparsebench.bench.inference import ATOL, RTOL, bench_formats
 from sparsebench.inference.formats import FORMATS, Format
 from sparsebench.inference.size import storage_bytes
 from sparsebench.inference.sparse_layers import CsrConv2d, CsrLinearChain, FormatUnsupported
@@ -193,7 +193,7 @@ def test_csr_lstm_language_model_reproduces_the_dense_logits_and_state() -> None
 
 
 def test_language_model_bench_compares_every_chunk_from_a_fresh_state() -> None:
-    from sparsebench.inference.benchmark import examples_of
+    from sparsebench.bench.inference import examples_of
 
     class Stream:
         tokens = torch.arange(103) % 30

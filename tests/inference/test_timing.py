@@ -10,14 +10,14 @@ import pytest
 import torch
 from torch import nn
 
-from sparsebench.inference.breakeven import (
+from sparsebench.bench.breakeven import (
     break_even_point,
     break_even_table,
     layer_shapes,
     random_masked,
     sweep_layer,
 )
-from sparsebench.inference.timing import measure
+from sparsebench.bench.timing import measure
 
 CPU = torch.device("cpu")
 

@@ -21,13 +21,13 @@ from torch import nn
 
 from sparsebench.config import apply_overrides
 from sparsebench.errors import ConfigError
-from sparsebench.kl import C1, C2, C3, kingma_neg_kl
+from sparsebench.toolkit.kl import C1, C2, C3, kingma_neg_kl
 from sparsebench.method import StepContext
 from sparsebench.methods._noise import NOISY_LAYERS, BernoulliNoise
 from sparsebench.methods.dropout import VariationalDropout, log_alpha_of
-from sparsebench.metrics import check_export, layer_table, summarize
+from sparsebench.measure.counts import check_export, layer_table, summarize
 from sparsebench.registry import METHODS, TASKS
-from sparsebench.runner import RunRequest, train
+from sparsebench.run.runner import RunRequest, train
 from sparsebench.testing import check_method_conformance
 
 S = 200_000

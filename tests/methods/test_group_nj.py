@@ -13,12 +13,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from sparsebench.errors import ConfigError
-from sparsebench.kl import sparse_vd_kl
+from sparsebench.toolkit.kl import sparse_vd_kl
 from sparsebench.method import StepContext
 from sparsebench.methods._group import GroupConv2d, GroupLinear, auto_threshold, fit_two_gaussians
 from sparsebench.methods.group_hs import GroupHS, HSScale, kl_lognormal_gamma, kl_lognormal_invgamma
 from sparsebench.methods.group_nj import GroupNJ, GroupNJConfig, NJScale
-from sparsebench.structured import shrink_sequential, structured_table
+from sparsebench.measure.structured import shrink_sequential, structured_table
 
 
 def mini_lenet5() -> nn.Sequential:
@@ -588,7 +588,7 @@ def test_group_conv_trains_channels_last_with_mean_and_variance_in_one_layout(in
     """place_model finds the group conv by its 4-D weights; with one input channel (LeNet-5's conv1)
     exp(log variance) loses the channels-last strides, and the variance convolution must not
     answer in the other layout (the mixed pair made LeNet-5 group_nj's convolutions 1.4x slower)."""
-    from sparsebench.runner import place_model
+    from sparsebench.run.runner import place_model
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(in_channels, 6, 3), nn.Flatten(), nn.Linear(6 * 16, 2))

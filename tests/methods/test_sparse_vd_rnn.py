@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from sparsebench.kl import sparse_vd_kl
+from sparsebench.toolkit.kl import sparse_vd_kl
 from sparsebench.method import StepContext
 from sparsebench.methods.sparse_vd import SparseVD, SparseVDConfig
 from sparsebench.methods.sparse_vd_rnn import (

@@ -17,7 +17,7 @@ import torch
 import sparsebench.cli as cli
 from sparsebench.report.reproduce import REPRODUCTION_TAG
 from sparsebench.report.select import REPORT_EXPERIMENT, NoMatchingRunsError, Selection, load_runs
-from sparsebench.runner import RunRequest, train
+from sparsebench.run.runner import RunRequest, train
 from sparsebench.tasks.lenet300_100 import LeNet300100
 from sparsebench.tracking import make_client
 
@@ -272,7 +272,7 @@ def test_sweep_selection_takes_the_trials_of_one_parent(store, mnist_dir: Path) 
     from sparsebench.tracking import Tracker
 
     uri, _ = store
-    # Tagged like the parent run `sparsebench sweep` opens (sparsebench.sweep.ensure_parent_run).
+    # Tagged like the parent run `sparsebench sweep` opens (sparsebench.sweep.study.ensure_parent_run).
     tags = {"sweep.study": "svd-sweep", "sweep.role": "parent"}
     parent = Tracker.open(uri, "sweeps", tags=tags, run_name="sweep-svd-sweep")
     trial = train(

@@ -11,7 +11,7 @@ import yaml
 
 from sparsebench.errors import ConfigError, UnknownNameError
 from sparsebench.registry import METHODS
-from sparsebench.sweep_spec import (
+from sparsebench.sweep.spec import (
     EXAMPLE,
     ParamSpec,
     build_pruner,

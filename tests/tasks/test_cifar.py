@@ -17,9 +17,9 @@ import torch
 from sparsebench.data import augment, cifar
 from sparsebench.data.cifar import SPECS, download_cifar, load_cifar
 from sparsebench.errors import ConfigError, DataError
-from sparsebench.metrics import WEIGHT_LAYERS, layer_table, weight_tensors
+from sparsebench.measure.counts import WEIGHT_LAYERS, layer_table, weight_tensors
 from sparsebench.registry import METHODS
-from sparsebench.runner import RunRequest, train
+from sparsebench.run.runner import RunRequest, train
 from sparsebench.tasks.vgg_like import VggLike, VggLikeConfig, build_vgg_like
 from sparsebench.testing import check_method_conformance
 

@@ -13,9 +13,9 @@ from torch import nn
 
 from sparsebench.data.ptb import EOS, TokenBatches, build_vocabulary, load_ptb, read_words
 from sparsebench.errors import DataError
-from sparsebench.metrics import WEIGHT_LAYERS, weight_tensors
+from sparsebench.measure.counts import WEIGHT_LAYERS, weight_tensors
 from sparsebench.registry import METHODS
-from sparsebench.runner import RunRequest, evaluate, lr_factor, train
+from sparsebench.run.runner import RunRequest, evaluate, lr_factor, train
 from sparsebench.tasks.ptb_lstm import PtbLstm, PtbLstmConfig, WordLanguageModel
 from sparsebench.testing import check_method_conformance
 

@@ -253,7 +253,7 @@ def spec_from_dict(data: Any) -> SweepSpec:
 
 def check_against_plugins(spec: SweepSpec) -> None:
     """Resolve names and check every key and value with the same code that configures a run."""
-    from sparsebench.runner import plan_run
+    from sparsebench.run.runner import plan_run
 
     plan_run(spec.task, spec.method, spec.overrides())  # unknown task/method, bad fixed overrides
     for param in spec.space or ():
@@ -277,7 +277,7 @@ def check_against_plugins(spec: SweepSpec) -> None:
 
 def objective_metrics() -> list[str]:
     """What a trial can be scored on: validation error plus the core's counts of the exported model."""
-    from sparsebench.metrics import Summary
+    from sparsebench.measure.counts import Summary
 
     return ["val_metric", *(f.name for f in dataclasses.fields(Summary))]
 
@@ -286,7 +286,7 @@ def _check_method_space(spec: SweepSpec) -> None:
     import optuna
 
     from sparsebench.registry import METHODS
-    from sparsebench.runner import plan_run
+    from sparsebench.run.runner import plan_run
 
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "study created" line for a dry run

@@ -34,7 +34,7 @@ import torch
 from sparsebench.data.tensors import TensorBatches
 from sparsebench.method import StepContext
 from sparsebench.registry import METHODS, TASKS
-from sparsebench.runner import autocast, build_optimizer, place_model
+from sparsebench.run.runner import autocast, build_optimizer, place_model
 
 PHASES = ("data", "forward", "regularizer", "backward", "optimizer", "method_hooks")
 

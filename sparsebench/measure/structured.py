@@ -21,8 +21,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from sparsebench.metrics import WEIGHT_LAYERS, weight_tensors
-from sparsebench.surgery import standard_layer
+from sparsebench.measure.counts import WEIGHT_LAYERS, weight_tensors
+from sparsebench.toolkit.surgery import standard_layer
 
 
 def alive_units(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -30,8 +30,8 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from sparsebench.errors import ConfigError, MissingDependencyError, TrainingDivergedError
-from sparsebench.runner import RunRequest, RunResult, train
-from sparsebench.sweep_spec import SweepSpec, build_pruner, build_sampler, prunable
+from sparsebench.run.runner import RunRequest, RunResult, train
+from sparsebench.sweep.spec import SweepSpec, build_pruner, build_sampler, prunable
 from sparsebench.tracking import (
     DEFAULT_STORE,
     EXPERIMENT,

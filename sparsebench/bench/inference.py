@@ -26,8 +26,8 @@ from sparsebench.errors import ConfigError, RunNotFoundError
 from sparsebench.inference.formats import FORMATS, Format
 from sparsebench.inference.size import storage_bytes
 from sparsebench.inference.sparse_layers import FormatUnsupported
-from sparsebench.inference.timing import measure
-from sparsebench.metrics import layer_table, summarize
+from sparsebench.bench.timing import measure
+from sparsebench.measure.counts import layer_table, summarize
 from sparsebench.task import Task
 
 RTOL = 1e-4
@@ -57,7 +57,7 @@ def load_run(run_id: str, tracking_uri: str | None, data_dir: str | None) -> Loa
     """Rebuild a finished run's exported model from MLflow and read its task's test inputs."""
     from sparsebench.data.paths import data_root
     from sparsebench.report.select import ArtifactReader, load_model
-    from sparsebench.runner import plan_run
+    from sparsebench.run.runner import plan_run
     from sparsebench.tracking import default_tracking_uri, make_client, resolve_run_id
 
     client = make_client(tracking_uri)

@@ -6,7 +6,7 @@ t whose unit round-off 2^-t still lies above 2V. This module turns per-weight va
 method's ``posterior_variances``) into per-layer bit widths, the compression after precision
 reduction, and the weights rounded to that precision. It follows bc ``compression.py``, with two
 deliberate differences: the shrunk architecture counts whole filters and input channels
-(``sparsebench.structured``), and a layer's mean is taken over its kept weights only.
+(``sparsebench.measure.structured``), and a layer's mean is taken over its kept weights only.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sparsebench.structured import shrunk_size
+from sparsebench.measure.structured import shrunk_size
 
 FULL_BITS = 32
 """Bits of a weight before reduction (float32)."""

@@ -1,0 +1,1 @@
+"""Timing: sparse inference against dense, CSR break-even per layer shape, training throughput."""

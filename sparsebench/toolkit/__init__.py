@@ -1,0 +1,1 @@
+"""Building blocks for method authors: KL terms, noise draws, masks, layer surgery, compiled kernels."""
