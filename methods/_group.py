@@ -27,9 +27,9 @@ from torch.nn import functional as F
 
 from sparsebench.config import option
 from sparsebench.errors import ConfigError
+from sparsebench.method import SparsityMethod, StepContext
 from sparsebench.toolkit.kl import gaussian_kl_standard_normal, kl_warmup
 from sparsebench.toolkit.layout import strided_like
-from sparsebench.method import SparsityMethod, StepContext
 from sparsebench.toolkit.noise import gaussian_preactivation
 from sparsebench.toolkit.surgery import modules_of_type, replace_modules, standard_layer
 

@@ -24,9 +24,9 @@ from torch import nn
 
 from sparsebench.config import option
 from sparsebench.errors import ConfigError
-from sparsebench.toolkit.kl import kingma_neg_kl
 from sparsebench.method import SparsityMethod, StepContext
 from sparsebench.registry import register_method
+from sparsebench.toolkit.kl import kingma_neg_kl
 from sparsebench.toolkit.surgery import modules_of_type, replace_modules
 
 from ._noise import NOISY_LAYERS, BernoulliNoise, GaussianNoise, Noise, NoisyConv2d, NoisyLinear, WeightNoise

@@ -22,9 +22,9 @@ import torch
 from torch import nn
 
 from sparsebench.config import TrainConfig, option
-from sparsebench.toolkit.kl import sparse_vd_kl
 from sparsebench.registry import register_method
 from sparsebench.tasks._mnist import MNIST_TASKS
+from sparsebench.toolkit.kl import sparse_vd_kl
 
 from ._group import INIT_LOGVAR, INIT_STD, GroupConfig, GroupMethod, GroupScale
 

@@ -18,6 +18,9 @@ from torch import nn
 
 from sparsebench.config import TrainConfig, option
 from sparsebench.errors import ConfigError
+from sparsebench.method import StepContext
+from sparsebench.registry import register_method
+from sparsebench.tasks._mnist import MNIST_TASKS
 from sparsebench.toolkit.masking import (
     MaskedMethod,
     check_sparsity,
@@ -28,9 +31,6 @@ from sparsebench.toolkit.masking import (
     std_threshold_keep,
     targets,
 )
-from sparsebench.method import StepContext
-from sparsebench.registry import register_method
-from sparsebench.tasks._mnist import MNIST_TASKS
 
 
 @dataclass

@@ -15,9 +15,9 @@ from torch import nn
 
 from sparsebench.config import option
 from sparsebench.errors import ConfigError
-from sparsebench.toolkit.masking import MaskedMethod, Scorer, check_sparsity, mask_of
 from sparsebench.method import StepContext
 from sparsebench.registry import register_method
+from sparsebench.toolkit.masking import MaskedMethod, Scorer, check_sparsity, mask_of
 
 
 @dataclass

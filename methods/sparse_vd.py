@@ -19,13 +19,13 @@ from torch import nn
 from torch.nn import functional as F
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from sparsebench.toolkit.compiled import compiled
 from sparsebench.config import option
+from sparsebench.method import SparsityMethod, StepContext
+from sparsebench.registry import register_method
+from sparsebench.toolkit.compiled import compiled
 from sparsebench.toolkit.kl import K1, K2, K3, kl_warmup, sparse_vd_kl_sum
 from sparsebench.toolkit.layout import strided_like
-from sparsebench.method import SparsityMethod, StepContext
 from sparsebench.toolkit.noise import gaussian_preactivation
-from sparsebench.registry import register_method
 from sparsebench.toolkit.surgery import modules_of_type, replace_modules, standard_layer
 
 LOG_ALPHA_MIN, LOG_ALPHA_MAX = -8.0, 8.0

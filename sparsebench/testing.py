@@ -29,8 +29,8 @@ from torch import nn
 
 from sparsebench.config import TrainConfig, apply_overrides
 from sparsebench.errors import ConfigError
-from sparsebench.method import SparsityMethod, StepContext
 from sparsebench.measure.counts import WEIGHT_LAYERS, check_export, layer_table, summarize
+from sparsebench.method import SparsityMethod, StepContext
 from sparsebench.run.runner import build_optimizer, lr_factor
 from sparsebench.task import Task
 

@@ -7,11 +7,11 @@ import copy
 import pytest
 import torch
 
-from sparsebench.toolkit import compiled as compiled_kernels
-from sparsebench.toolkit import noise
 from sparsebench.method import StepContext
 from sparsebench.registry import METHODS, TASKS
 from sparsebench.run.runner import place_model
+from sparsebench.toolkit import compiled as compiled_kernels
+from sparsebench.toolkit import noise
 
 
 def one_step_grads(method_name: str, compiled: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

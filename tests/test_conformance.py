@@ -15,8 +15,8 @@ import pytest
 import torch
 from torch import nn
 
-from sparsebench.method import SparsityMethod, StepContext
 from sparsebench.measure.counts import WEIGHT_LAYERS, weight_tensors
+from sparsebench.method import SparsityMethod, StepContext
 from sparsebench.registry import METHODS, TASKS
 from sparsebench.testing import (
     ConformanceError,

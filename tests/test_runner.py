@@ -17,9 +17,9 @@ import pytest
 import torch
 from torch import nn
 
-from sparsebench.run import checkpoint
 from sparsebench.errors import ConfigError
 from sparsebench.method import SparsityMethod, StepContext
+from sparsebench.run import checkpoint
 from tests.conftest import CliResult
 
 STEPS_PER_EPOCH = 10  # (1,200 - 200 validation) / batch 100

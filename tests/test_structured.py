@@ -6,7 +6,6 @@ import pytest
 import torch
 from torch import nn
 
-from sparsebench.registry import TASKS
 from sparsebench.measure.structured import (
     Gather,
     shrink_sequential,
@@ -14,6 +13,7 @@ from sparsebench.measure.structured import (
     structured_metrics,
     structured_table,
 )
+from sparsebench.registry import TASKS
 
 
 def weight_count(model: nn.Module) -> int:

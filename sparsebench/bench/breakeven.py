@@ -19,8 +19,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from sparsebench.inference.sparse_layers import Backend, CsrConv2d, _csr, _product
 from sparsebench.bench.timing import measure
+from sparsebench.inference.sparse_layers import Backend, CsrConv2d, _csr, _product
 
 DEFAULT_SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
 

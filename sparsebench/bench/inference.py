@@ -22,11 +22,11 @@ import pandas as pd
 import torch
 from torch import nn
 
+from sparsebench.bench.timing import measure
 from sparsebench.errors import ConfigError, RunNotFoundError
 from sparsebench.inference.formats import FORMATS, Format
 from sparsebench.inference.size import storage_bytes
 from sparsebench.inference.sparse_layers import FormatUnsupported
-from sparsebench.bench.timing import measure
 from sparsebench.measure.counts import layer_table, summarize
 from sparsebench.task import Task
 

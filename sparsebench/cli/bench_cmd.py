@@ -99,8 +99,8 @@ def handle(args: argparse.Namespace) -> int:
 def _inference(args: argparse.Namespace, runs: list[str], device: Any) -> int:
     import pandas as pd
 
-    from sparsebench.errors import ConfigError
     from sparsebench.bench.inference import bench_formats, best_rows, environment, load_run, log_to_run
+    from sparsebench.errors import ConfigError
     from sparsebench.inference.formats import FORMATS
 
     unknown = sorted(set(args.formats or []) - set(FORMATS))

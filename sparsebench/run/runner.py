@@ -20,15 +20,15 @@ import pandas as pd
 import torch
 from torch import nn
 
-from sparsebench.run import checkpoint
 from sparsebench.config import TrainConfig, apply_overrides, flatten
 from sparsebench.data.paths import data_root
 from sparsebench.errors import ConfigError, RunNotFoundError, TrainingDivergedError
-from sparsebench.method import SparsityMethod, StepContext
 from sparsebench.measure.counts import check_export, layer_table, paper_row, summarize
 from sparsebench.measure.precision import layer_weights, precision_report, round_model
-from sparsebench.registry import METHODS, TASKS
 from sparsebench.measure.structured import structured_metrics
+from sparsebench.method import SparsityMethod, StepContext
+from sparsebench.registry import METHODS, TASKS
+from sparsebench.run import checkpoint
 from sparsebench.task import Batches, Task
 from sparsebench.tracking import EXPERIMENT, Tracker, environment
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pandas as pd
 
 from sparsebench.errors import ConfigError
-from sparsebench.sweep.study import SweepEnv, run_sweep
 from sparsebench.sweep.spec import SweepSpec
+from sparsebench.sweep.study import SweepEnv, run_sweep
 
 
 def measure_scaling(spec: SweepSpec, env: SweepEnv, worker_counts: list[int]) -> pd.DataFrame:

@@ -21,14 +21,14 @@ from torch import nn
 
 from sparsebench.config import apply_overrides
 from sparsebench.errors import ConfigError
-from sparsebench.toolkit.kl import C1, C2, C3, kingma_neg_kl
+from sparsebench.measure.counts import check_export, layer_table, summarize
 from sparsebench.method import StepContext
 from sparsebench.methods._noise import NOISY_LAYERS, BernoulliNoise
 from sparsebench.methods.dropout import VariationalDropout, log_alpha_of
-from sparsebench.measure.counts import check_export, layer_table, summarize
 from sparsebench.registry import METHODS, TASKS
 from sparsebench.run.runner import RunRequest, train
 from sparsebench.testing import check_method_conformance
+from sparsebench.toolkit.kl import C1, C2, C3, kingma_neg_kl
 
 S = 200_000
 N = 55_000

@@ -13,12 +13,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from sparsebench.errors import ConfigError
-from sparsebench.toolkit.kl import sparse_vd_kl
+from sparsebench.measure.structured import shrink_sequential, structured_table
 from sparsebench.method import StepContext
 from sparsebench.methods._group import GroupConv2d, GroupLinear, auto_threshold, fit_two_gaussians
 from sparsebench.methods.group_hs import GroupHS, HSScale, kl_lognormal_gamma, kl_lognormal_invgamma
 from sparsebench.methods.group_nj import GroupNJ, GroupNJConfig, NJScale
-from sparsebench.measure.structured import shrink_sequential, structured_table
+from sparsebench.toolkit.kl import sparse_vd_kl
 
 
 def mini_lenet5() -> nn.Sequential:

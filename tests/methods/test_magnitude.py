@@ -10,10 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from sparsebench.run import checkpoint
 from sparsebench.config import apply_overrides
 from sparsebench.errors import ConfigError
-from sparsebench.toolkit.masking import effective, keep_masks, mask_of, pruned_count
 from sparsebench.method import StepContext
 from sparsebench.methods.magnitude import (
     Magnitude,
@@ -25,9 +23,11 @@ from sparsebench.methods.magnitude import (
 )
 from sparsebench.methods.random_pruning import RandomConfig, RandomPruning
 from sparsebench.registry import METHODS, TASKS
+from sparsebench.run import checkpoint
 from sparsebench.run.runner import RunRequest, train
 from sparsebench.tasks.lenet300_100 import LeNet300100
 from sparsebench.testing import check_method_conformance
+from sparsebench.toolkit.masking import effective, keep_masks, mask_of, pruned_count
 
 STEPS_PER_EPOCH, EPOCHS = 10, 20  # 200 steps: t0 = 20, end = 140, 12 updates one epoch apart
 

@@ -16,11 +16,11 @@ from scipy import stats
 from torch import nn
 from torch.nn import functional as F
 
-from sparsebench.toolkit.kl import sparse_vd_kl
+from sparsebench.measure.counts import layer_table, summarize
 from sparsebench.method import StepContext
 from sparsebench.methods.sparse_vd import Conv2dSVD, LinearSVD, SparseVD, SparseVDConfig
-from sparsebench.measure.counts import layer_table, summarize
 from sparsebench.registry import TASKS
+from sparsebench.toolkit.kl import sparse_vd_kl
 
 EPS1 = 1e-8  # epsilon of log alpha = log sigma^2 - log(theta^2 + eps1), methods.md section 2.1
 N_TRAIN = 60_000

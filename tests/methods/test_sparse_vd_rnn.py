@@ -9,7 +9,6 @@ import pytest
 import torch
 from torch import nn
 
-from sparsebench.toolkit.kl import sparse_vd_kl
 from sparsebench.method import StepContext
 from sparsebench.methods.sparse_vd import SparseVD, SparseVDConfig
 from sparsebench.methods.sparse_vd_rnn import (
@@ -20,6 +19,7 @@ from sparsebench.methods.sparse_vd_rnn import (
     sample_weight,
 )
 from sparsebench.tasks.ptb_lstm import PtbLstm, PtbLstmConfig, WordLanguageModel
+from sparsebench.toolkit.kl import sparse_vd_kl
 
 INPUT, HIDDEN, LAYERS = 3, 4, 2
 

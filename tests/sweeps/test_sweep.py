@@ -12,10 +12,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from sparsebench.sweep import study as sweep
 from sparsebench.run.runner import RunResult
-from sparsebench.sweep.study import Progress, best_trials, progress
+from sparsebench.sweep import study as sweep
 from sparsebench.sweep.spec import spec_from_dict
+from sparsebench.sweep.study import Progress, best_trials, progress
 from tests.sweeps import (
     budget_trials,
     kill_mid_trial,
