@@ -302,3 +302,26 @@ def test_sigterm_marks_the_run_killed_and_keeps_it_resumable(
     client = MlflowClient(tracking_uri=quick_tracking_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("sparsebench").experiment_id])
     assert run.info.status == "KILLED" and run.data.tags["state"] == "interrupted"
+
+
+def test_version_names_the_installed_distribution(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--version`` prints what pip installed, and the package's own version in a bare source tree."""
+    from importlib import metadata
+
+    from sparsebench import __version__
+    from sparsebench.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"sparsebench {metadata.version('sparsebench')}\n"
+
+    def not_installed(name: str) -> str:
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "version", not_installed)
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out == f"sparsebench {__version__}\n"

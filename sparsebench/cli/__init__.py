@@ -11,6 +11,21 @@ from sparsebench.errors import SparsebenchError
 SUBCOMMANDS = ("run", "sweep", "report", "reproduce", "bench", "list", "data")
 
 
+def package_version() -> str:
+    """The installed distribution's version, so a wheel reports what pip installed.
+
+    ``sparsebench.__version__`` is the fallback for a source tree run without installing it.
+    """
+    from importlib import metadata
+
+    try:
+        return metadata.version("sparsebench")
+    except metadata.PackageNotFoundError:
+        from sparsebench import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sparsebench",
@@ -21,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
             "  sparsebench list methods --verbose"
         ),
     )
+    parser.add_argument("--version", action="version", version=f"sparsebench {package_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
         importlib.import_module(f"sparsebench.cli.{name}_cmd").add_parser(sub)
