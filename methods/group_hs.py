@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -49,6 +50,9 @@ from torch import nn
 from sparsebench.config import TrainConfig, option
 from sparsebench.errors import ConfigError
 from sparsebench.registry import register_method
+
+if TYPE_CHECKING:
+    from sparsebench.task import Task
 
 from ._group import INIT_LOGVAR, INIT_STD, GroupConfig, GroupMethod, GroupScale
 from .group_nj import bc_recipe
@@ -148,5 +152,5 @@ class GroupHS(GroupMethod):
             raise ConfigError(f"method.tau0 must be positive, got {self.config.tau0}")
         return HSScale(num_groups, self.config.tau0)
 
-    def adjust_recipe(self, task: str, recipe: TrainConfig) -> TrainConfig:
+    def adjust_recipe(self, task: Task | str, recipe: TrainConfig) -> TrainConfig:
         return bc_recipe(task, recipe)

@@ -17,14 +17,18 @@ sparsest whose validation metric is within ``calibration_tolerance`` of the best
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from sparsebench.config import TrainConfig, option
+from sparsebench.method import task_family
 from sparsebench.registry import register_method
-from sparsebench.tasks._mnist import MNIST_TASKS
 from sparsebench.toolkit.kl import sparse_vd_kl
+
+if TYPE_CHECKING:
+    from sparsebench.task import Task
 
 from ._group import INIT_LOGVAR, INIT_STD, GroupConfig, GroupMethod, GroupScale
 
@@ -77,18 +81,22 @@ class GroupNJ(GroupMethod):
     def make_scale(self, num_groups: int) -> GroupScale:
         return NJScale(num_groups)
 
-    def adjust_recipe(self, task: str, recipe: TrainConfig) -> TrainConfig:
+    def adjust_recipe(self, task: Task | str, recipe: TrainConfig) -> TrainConfig:
         return bc_recipe(task, recipe)
 
 
-def bc_recipe(task: str, recipe: TrainConfig) -> TrainConfig:
-    """bc's optimiser and batch (Adam 1e-3, batch 128, methods.md 4.5) on the MNIST tasks.
+BC_FAMILIES = ("mnist",)
+"""Task families bc trained on with its own optimiser and batch (its MNIST LeNets)."""
+
+
+def bc_recipe(task: Task | str, recipe: TrainConfig) -> TrainConfig:
+    """bc's optimiser and batch (Adam 1e-3, batch 128, methods.md 4.5) on the MNIST family's tasks.
 
     bc's 5-epoch demo is no protocol and the paper's was not verified, so the task's length and
     schedule stay (200 epochs, flat then linearly to 0, as ars trains Sparse VD on MNIST): the
     hidden units die slowly under the ELBO, far from done after 50 epochs on LeNet-300-100.
     """
-    if task in MNIST_TASKS:
+    if task_family(task) in BC_FAMILIES:
         recipe.batch_size = 128
         recipe.optimizer = "adam"
         recipe.lr = 1e-3

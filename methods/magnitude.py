@@ -12,15 +12,14 @@ and the masks themselves come back from the checkpoint (they are buffers).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from torch import nn
 
 from sparsebench.config import TrainConfig, option
 from sparsebench.errors import ConfigError
-from sparsebench.method import StepContext
+from sparsebench.method import StepContext, task_family
 from sparsebench.registry import register_method
-from sparsebench.tasks._mnist import MNIST_TASKS
 from sparsebench.toolkit.masking import (
     MaskedMethod,
     check_sparsity,
@@ -31,6 +30,9 @@ from sparsebench.toolkit.masking import (
     std_threshold_keep,
     targets,
 )
+
+if TYPE_CHECKING:
+    from sparsebench.task import Task
 
 
 @dataclass
@@ -110,14 +112,17 @@ HAN_L2 = 5e-4
 """Han et al. train the dense net with L2 before pruning (L2 beats L1 after retraining); 5e-4 is the
 weight decay of Caffe's LeNet solvers, which their LeNet experiments ran on (methods.md 6.1, 9.2)."""
 
+HAN_FAMILIES = ("mnist",)
+"""Task families whose recipes (ars') have no L2 where Han's LeNet experiments had Caffe's."""
 
-def han_recipe(task: str, recipe: TrainConfig) -> TrainConfig:
-    """The task's recipe with Han's L2 on the MNIST tasks, whose recipes (ars') have none.
+
+def han_recipe(task: Task | str, recipe: TrainConfig) -> TrainConfig:
+    """The task's recipe with Han's L2 on the MNIST family's tasks, whose recipes (ars') have none.
 
     Measured on LeNet-300-100 (global 12.5x, 100 epochs, one seed each): weight decay 0 -> 1.80 %,
     1e-4 -> 1.74 %, 5e-4 -> 1.64 % test error.
     """
-    if task in MNIST_TASKS and recipe.weight_decay == 0.0:
+    if task_family(task) in HAN_FAMILIES and recipe.weight_decay == 0.0:
         recipe.weight_decay = HAN_L2
     return recipe
 
@@ -131,7 +136,7 @@ class Magnitude(MaskedMethod):
     )
     Config = MagnitudeConfig
 
-    def adjust_recipe(self, task: str, recipe: TrainConfig) -> TrainConfig:
+    def adjust_recipe(self, task: Task | str, recipe: TrainConfig) -> TrainConfig:
         return han_recipe(task, recipe)
 
     def convert(self, model: nn.Module) -> nn.Module:

@@ -367,6 +367,7 @@ class SparseVD(SparsityMethod):
     paper = "Molchanov, Ashukha, Vetrov. Variational Dropout Sparsifies Deep Neural Networks. ICML 2017"
     Config = SparseVDConfig
     layer_types = (nn.Linear, nn.Conv2d, nn.LSTM, nn.Embedding)
+    recipe_kind = "per_weight_alpha"
 
     def convert(self, model: nn.Module) -> nn.Module:
         # Imported here, not at the top: sparse_vd_rnn builds on this module.

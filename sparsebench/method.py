@@ -3,6 +3,13 @@
 A method proposes (which weights survive, what to add to the loss); the core measures (it counts
 nonzeros, sparsity, compression and FLOPs on the exported model), so no method can report a
 number it did not earn.
+
+Every hook the core calls is declared on ``SparsityMethod`` below with what it means and when it
+runs; a method overrides the ones it needs. In run order: ``adjust_recipe`` (planning),
+``convert`` and ``enable_compile`` (building the model), ``on_train_start`` (once, with data),
+then per step ``regularizer`` and ``on_step_end``, per epoch ``epoch_metrics``, and after
+training ``calibrate``, ``masks``, ``export``, ``posterior_variances`` and the threshold curve
+(``curve_levels`` / ``masks_at``).
 """
 
 from __future__ import annotations
@@ -11,12 +18,15 @@ import copy
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
 from sparsebench.config import TrainConfig
+
+if TYPE_CHECKING:
+    from sparsebench.task import Task
 
 
 @dataclass
@@ -49,7 +59,15 @@ class StepContext:
 
 
 class SparsityMethod(ABC):
-    """Base class of every method plugin; only ``masks`` is required."""
+    """Base class of every method plugin; only ``masks`` is required.
+
+    Where state lives: everything a method decides during training (masks, calibrated thresholds,
+    schedules' progress) must live in the model, as parameters or buffers (e.g. the mask buffers
+    of ``sparsebench.toolkit.masking``), or be recomputable from the ``StepContext``. A checkpoint
+    holds only the model's and the optimiser's state, so anything kept on the method object is
+    lost on ``--resume``, and ``--refinish`` builds a fresh method object from the config. The
+    method object holds its config and nothing a run depends on.
+    """
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
@@ -57,12 +75,25 @@ class SparsityMethod(ABC):
     Config: ClassVar[type] = NoConfig
     layer_types: ClassVar[tuple[type[nn.Module], ...]] = (nn.Linear, nn.Conv2d)
     """Standard layer types this method knows how to handle (used to say why a task doesn't apply)."""
+    recipe_kind: ClassVar[str] = "standard"
+    """Which of a task's published recipes this method trains with (``sparsebench.task.RECIPE_KINDS``);
+    a task that publishes none of that kind gives its standard recipe."""
+    curve_axis: ClassVar[str] = ""
+    """What the levels of ``curve_levels`` and ``masks_at`` measure, named for the x axis of the
+    threshold curve, e.g. ``log_alpha_threshold`` (an absolute threshold on log alpha) or
+    ``threshold_shift`` (an offset added to every layer's own threshold). "" = no curve."""
 
     def __init__(self, config: Any | None = None) -> None:
         self.config = config if config is not None else self.Config()
 
-    def adjust_recipe(self, task: str, recipe: TrainConfig) -> TrainConfig:
-        """Change the task's default recipe where this method needs another (e.g. more epochs)."""
+    def adjust_recipe(self, task: Task, recipe: TrainConfig) -> TrainConfig:
+        """Change the task's recipe where this method needs another (e.g. another optimiser).
+
+        Key the change on what the task declares (``task.family``, its config), never on its
+        name, so a third-party task of the same family gets the same change. ``recipe`` is a
+        fresh object the method may edit and return. Call sites that still pass the task's
+        registered name get it resolved by ``task_family``.
+        """
         return recipe
 
     def convert(self, model: nn.Module) -> nn.Module:
@@ -71,6 +102,16 @@ class SparsityMethod(ABC):
 
     def enable_compile(self, model: nn.Module) -> None:
         """Switch the converted model to compiled kernels; called for long runs (train.compile)."""
+
+    def on_train_start(
+        self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], ctx: StepContext
+    ) -> None:
+        """Once per run, before the first optimiser step: one training batch ``(x, y)`` on the device.
+
+        For decisions that need data before training (pruning at initialisation scores weights
+        on a batch). Not called again on ``--resume``: whatever it decided must be in the model
+        (see the class docstring), where the checkpoint brings it back. Default: nothing.
+        """
 
     def regularizer(self, model: nn.Module, ctx: StepContext) -> torch.Tensor | None:
         """Term added to the mean data loss, already scaled (e.g. beta_t * KL / N)."""
@@ -95,13 +136,29 @@ class SparsityMethod(ABC):
     def masks(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """Boolean keep-masks keyed by module path, each shaped like that module's weight."""
 
-    def curve_thresholds(self) -> Sequence[float]:
-        """Thresholds for a post-hoc error-vs-compression curve from one trained model (none by default)."""
+    def curve_levels(self) -> Sequence[float]:
+        """Levels on ``curve_axis`` for an error-vs-compression curve of one trained model (none here)."""
         return ()
 
-    def masks_at(self, model: nn.Module, threshold: float) -> dict[str, torch.Tensor]:
-        """Masks had the pruning threshold been ``threshold``; needed when ``curve_thresholds`` is set."""
-        raise NotImplementedError(f"{self.name} has no threshold to sweep")
+    def chosen_level(self) -> float | None:
+        """The level on ``curve_axis`` that ``masks`` uses: the run's own point on its curve.
+
+        ``masks_at(model, chosen_level())`` must equal ``masks(model)``. None when there is no curve.
+        """
+        return None
+
+    def masks_at(self, model: nn.Module, level: float) -> dict[str, torch.Tensor]:
+        """The masks had the method's pruning level been ``level``, read on ``curve_axis``.
+
+        One meaning for every method: ``level`` is a point of the axis the method names, and the
+        masks are what ``masks`` would return at that point, with nothing else changed (no
+        retraining, no recalibration). Needed when ``curve_levels`` is non-empty.
+        """
+        raise NotImplementedError(f"{self.name} has no pruning level to sweep")
+
+    def curve_thresholds(self) -> Sequence[float]:
+        """Old name of ``curve_levels``, kept until every call site uses the new one."""
+        return self.curve_levels()
 
     def export(self, model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
         """A model of standard layers with the masks applied. Default: copy and zero the weights."""
@@ -130,3 +187,12 @@ class SparsityMethod(ABC):
                 f"{self.name} handles {', '.join(t.__name__ for t in self.layer_types)} layers, not {names}"
             )
         return None
+
+
+def task_family(task: Task | str) -> str:
+    """``task.family``; a registered task name (what older call sites pass) is looked up first."""
+    if isinstance(task, str):
+        from sparsebench.registry import TASKS
+
+        return TASKS.get(task).family if task in TASKS else ""
+    return task.family

@@ -2,14 +2,17 @@
 
 Built-ins are discovered by importing every module of a package the first time a registry is
 read, so ``sparsebench --help`` never pays for importing torch-heavy plugins. Third-party
-plugins arrive through an entry-point group and are loaded at the same moment; a plugin that
-fails to import is recorded (and shown by ``sparsebench list``) instead of breaking the others.
+plugins arrive through an entry-point group and are loaded at the same moment. A plugin that
+fails to import, is not a class of the registry's base type, is abstract, or declares a ``name``
+other than its entry point's is recorded in ``broken`` (and shown by ``sparsebench list``), named
+with its distribution, instead of breaking the others or the project's own tests.
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 import pkgutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -33,36 +36,58 @@ class Entry(Generic[T]):
     name: str
     obj: T
     origin: str
+    builtin: bool = False
+    """Shipped with sparsebench (imported from the registry's built-in package), not a plugin."""
 
 
 class Registry(Generic[T]):
     """A registry of named plugin classes of one kind (``method`` or ``task``)."""
 
-    def __init__(self, kind: str, builtin_package: str, entry_point_group: str) -> None:
+    def __init__(self, kind: str, builtin_package: str, entry_point_group: str, base: str = "") -> None:
+        """``base`` ("module:Class", imported only when a plugin is checked) is the class every
+        entry point must subclass; "" accepts any object."""
         self.kind = kind
         self.builtin_package = builtin_package
         self.entry_point_group = entry_point_group
+        self.base = base
         self._entries: dict[str, Entry[T]] = {}
         self._loaded = False
         self._loading_origin: str | None = None
         self.broken: dict[str, str] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
-        """Class decorator: ``@register_method("sparse_vd")``."""
+        """Class decorator: ``@register_method("sparse_vd")``.
+
+        The class's ``name`` becomes ``name``; a class that declares a different ``name`` of its own
+        is a PluginError naming both (the registered name is what runs and reports are keyed by).
+        """
 
         def decorator(obj: T) -> T:
             key = normalize_name(name)
+            origin = _origin_of(obj, self._loading_origin)
             if key in self._entries:
                 other = self._entries[key]
                 raise PluginError(
                     f"{self.kind} name {name!r} is registered twice: by {other.origin} and by "
-                    f"{_origin_of(obj, self._loading_origin)}; rename one of them"
+                    f"{origin}; rename one of them"
+                )
+            declared = vars(obj).get("name", "") if isinstance(obj, type) else ""
+            if declared and declared != name:
+                raise PluginError(
+                    f"{self.kind} class {obj.__qualname__} declares name {declared!r} but is registered "  # type: ignore[attr-defined]
+                    f"as {name!r} (by {origin}); make the two the same"
                 )
             obj.name = name  # type: ignore[attr-defined]
-            self._entries[key] = Entry(name, obj, _origin_of(obj, self._loading_origin))
+            self._entries[key] = Entry(name, obj, origin, self._is_builtin(obj))
             return obj
 
         return decorator
+
+    def _is_builtin(self, obj: object) -> bool:
+        module = getattr(obj, "__module__", "") or ""
+        return self._loading_origin is None and (
+            module == self.builtin_package or module.startswith(self.builtin_package + ".")
+        )
 
     def _load(self) -> None:
         if self._loaded:
@@ -77,27 +102,43 @@ class Registry(Generic[T]):
             origin = f"{dist.name} {dist.version}" if dist is not None else ep.value
             self._loading_origin = f"distribution {origin}"
             try:
-                obj = ep.load()
-            except Exception as exc:  # a broken plugin (or a decorator clash) must not break the others
-                self.broken[ep.name] = f"{origin}: {type(exc).__name__}: {exc}"
-                continue
+                problem = self._load_plugin(ep)
+            except (Exception, SystemExit) as exc:  # one broken plugin must not break the others
+                problem = f"{type(exc).__name__}: {exc}"
             finally:
                 self._loading_origin = None
-            # A plugin may register itself with the decorator on import, or just expose a class.
-            if any(entry.obj is obj for entry in self._entries.values()):
-                continue
-            existing = self._entries.get(normalize_name(ep.name))
-            if existing is not None:
-                self.broken[ep.name] = (
-                    f"name clash: distribution {origin} and {existing.origin} both provide "
-                    f"{self.kind} {ep.name!r}; uninstall one of them"
-                )
-                continue
-            self._loading_origin = f"distribution {origin}"
-            try:
-                self.register(ep.name)(obj)
-            finally:
-                self._loading_origin = None
+            if problem:
+                self.broken[ep.name] = f"{origin}: {problem}"
+
+    def _load_plugin(self, ep: metadata.EntryPoint) -> str:
+        """Import one entry point and register what it names; the problem found, or ""."""
+        obj = ep.load()
+        # A plugin may register itself with the decorator on import, or just expose a class.
+        if any(entry.obj is obj for entry in self._entries.values()):
+            return ""
+        if (problem := self._check_plugin(obj)) is not None:
+            return problem
+        existing = self._entries.get(normalize_name(ep.name))
+        if existing is not None:
+            return (
+                f"name clash: it and {existing.origin} both provide {self.kind} {ep.name!r}; "
+                "uninstall one of them"
+            )
+        self.register(ep.name)(obj)
+        return ""
+
+    def _check_plugin(self, obj: object) -> str | None:
+        """Why ``obj`` cannot be a plugin of this registry, or None."""
+        if not self.base:
+            return None
+        module, _, attr = self.base.partition(":")
+        base = getattr(importlib.import_module(module), attr)
+        if not (isinstance(obj, type) and issubclass(obj, base)):
+            return f"the entry point names {obj!r}, which is not a subclass of {base.__name__}"
+        if inspect.isabstract(obj):
+            missing = ", ".join(sorted(getattr(obj, "__abstractmethods__", ())))
+            return f"{obj.__name__} does not implement {missing}"
+        return None
 
     def get(self, name: str) -> T:
         """Look a name up, ignoring case, '-' and '_'; unknown names suggest the closest ones."""
@@ -120,6 +161,10 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return [e.name for e in self.entries()]
 
+    def builtin_names(self) -> list[str]:
+        """Names shipped with sparsebench: what the project's own tests cover, whatever is installed."""
+        return [e.name for e in self.entries() if e.builtin]
+
     def __iter__(self) -> Iterator[T]:
         return (e.obj for e in self.entries())
 
@@ -135,8 +180,10 @@ def _origin_of(obj: object, override: str | None) -> str:
     return f"file {getattr(module, '__file__', obj.__module__)}"
 
 
-METHODS: Registry = Registry("method", "sparsebench.methods", "sparsebench.methods")
-TASKS: Registry = Registry("task", "sparsebench.tasks", "sparsebench.tasks")
+METHODS: Registry = Registry(
+    "method", "sparsebench.methods", "sparsebench.methods", base="sparsebench.method:SparsityMethod"
+)
+TASKS: Registry = Registry("task", "sparsebench.tasks", "sparsebench.tasks", base="sparsebench.task:Task")
 
 register_method = METHODS.register
 register_task = TASKS.register

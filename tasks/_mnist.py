@@ -14,14 +14,11 @@ from sparsebench.task import Splits, Task
 ARS = "Molchanov et al. 2017, ars README table (ars-ashuha/variational-dropout-sparsifies-dnn)"
 BC = "Louizos et al. 2017, bc README table (KarenUllrich/Tutorial_BayesianCompressionForDL)"
 
-MNIST_TASKS = ("lenet300_100", "lenet5")
-"""Names of the tasks built on ``MnistTask``, for methods whose recipe differs on them."""
-
-
 class MnistTask(Task):
     """MNIST scaled by 1/256 minus the training mean image (ars ``data/reader.py``)."""
 
     data_files = tuple(f"{SUBDIR}/{stem}[.gz]" for stem in FILES)
+    family = "mnist"
     input_shape: tuple[int, ...] = (1, 28, 28)
 
     def load_data(self, data_dir: Path, device: torch.device, val_size: int) -> Splits:

@@ -42,5 +42,6 @@ class LeNet300100(MnistTask):
                 nn.init.zeros_(m.bias)
         return model
 
-    def default_recipe(self, method: str) -> TrainConfig:
-        return ars_recipe("linear")
+    def recipes(self) -> dict[str, TrainConfig]:
+        """ars trains Sparse VD and its baselines on LeNet-300-100 the same way."""
+        return {"standard": ars_recipe("linear")}

@@ -64,5 +64,6 @@ class LeNet5(MnistTask):
                 nn.init.zeros_(m.bias)
         return model
 
-    def default_recipe(self, method: str) -> TrainConfig:
-        return ars_recipe("linear_to0" if method == "sparse_vd" else "linear")
+    def recipes(self) -> dict[str, TrainConfig]:
+        """ars' LeNet-5 Sparse VD script decays the learning rate linearly to 0 over all epochs."""
+        return {"standard": ars_recipe("linear"), "per_weight_alpha": ars_recipe("linear_to0")}

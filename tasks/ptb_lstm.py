@@ -126,6 +126,7 @@ class PtbLstm(Task):
     paper = "Zaremba, Sutskever, Vinyals. Recurrent Neural Network Regularization. arXiv 1409.2329, 2014"
     Config = PtbLstmConfig
     metric = Metric("perplexity", unit="")
+    family = "ptb"
     data_files = tuple(f"{SUBDIR}/{file_stem(split)}[.gz]" for split in SPLITS)
     references = (
         PaperResult(
@@ -200,8 +201,8 @@ class PtbLstm(Task):
             nn.init.uniform_(p, -scale, scale)
         return model
 
-    def default_recipe(self, method: str) -> TrainConfig:
-        """Zaremba's SGD recipe for every method but Sparse VD, which trains with Adam as sbrnn does.
+    def recipes(self) -> dict[str, TrainConfig]:
+        """Zaremba's SGD recipe as the standard; Adam as sbrnn trains Sparse VD for per-weight alphas.
 
         Zaremba minimises the NLL *summed* over the unrolled steps (averaged over the batch) with
         lr 1 and clips that gradient's norm at 5. Our loss is the per-token mean, so the same updates
@@ -214,17 +215,7 @@ class PtbLstm(Task):
         second half) instead of sbrnn's 150 from scratch keep it within a CPU budget.
         """
         preset, steps = self.preset, self.steps
-        if method == "sparse_vd":
-            return TrainConfig(
-                epochs=6,
-                batch_size=20,
-                optimizer="adam",
-                lr=1e-3,
-                lr_schedule="linear",
-                grad_clip=preset.max_grad_norm / steps,
-                eval_batch_size=20,
-            )
-        return TrainConfig(
+        standard = TrainConfig(
             epochs=preset.epochs,
             batch_size=20,
             optimizer="sgd",
@@ -236,6 +227,16 @@ class PtbLstm(Task):
             grad_clip=preset.max_grad_norm / steps,
             eval_batch_size=20,
         )
+        sbrnn = TrainConfig(
+            epochs=6,
+            batch_size=20,
+            optimizer="adam",
+            lr=1e-3,
+            lr_schedule="linear",
+            grad_clip=preset.max_grad_norm / steps,
+            eval_batch_size=20,
+        )
+        return {"standard": standard, "per_weight_alpha": sbrnn}
 
     def example_input(self, device: torch.device) -> torch.Tensor:
         """One token, so FLOPs are counted per predicted token."""

@@ -136,6 +136,7 @@ class VggLike(Task):
     description = "CIFAR-10/100, cifar.torch VGG-like with BN, width k (14,977,728 weights at k = 1)"
     paper = "Zagoruyko 2015, cifar.torch (models/vgg_bn_drop.lua); recipe of Molchanov et al. 2017"
     Config = VggLikeConfig
+    family = "cifar"
     data_files = tuple(f"{spec.subdir}/{name}" for spec in SPECS.values() for name in spec.files)
     references = (
         *_figure_references(),
@@ -176,7 +177,7 @@ class VggLike(Task):
     def build_model(self) -> nn.Module:
         return build_vgg_like(self.config.k, self.num_classes, self.config.dropout)
 
-    def default_recipe(self, method: str) -> TrainConfig:
+    def recipes(self) -> dict[str, TrainConfig]:
         """cifar.torch for dense training; ars ``vgglike-ard.py`` for Sparse VD (from a dense run).
 
         cifar.torch runs torch7's SGD at lr 1 with momentum 0.9, whose dampening defaults to the
@@ -185,9 +186,7 @@ class VggLike(Task):
         epochs, started with ``--init-from`` a dense run and, as ars did,
         ``--set method.init_log_sigma2=-15 --set method.train_mask=false``.
         """
-        if method == "sparse_vd":
-            return TrainConfig(epochs=200, batch_size=100, optimizer="adam", lr=1e-5, lr_schedule="linear")
-        return TrainConfig(
+        standard = TrainConfig(
             epochs=300,
             batch_size=128,
             optimizer="sgd",
@@ -198,6 +197,8 @@ class VggLike(Task):
             lr_decay=0.5,
             lr_step=25,
         )
+        ars = TrainConfig(epochs=200, batch_size=100, optimizer="adam", lr=1e-5, lr_schedule="linear")
+        return {"standard": standard, "per_weight_alpha": ars}
 
     def train_transform(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return augment.random_crop_flip(x, generator, padding=4) if self.config.augment else x
