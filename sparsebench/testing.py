@@ -31,7 +31,7 @@ from sparsebench.config import TrainConfig, apply_overrides
 from sparsebench.errors import ConfigError
 from sparsebench.measure.counts import WEIGHT_LAYERS, check_export, layer_table, summarize
 from sparsebench.method import SparsityMethod, StepContext
-from sparsebench.run.runner import build_optimizer, lr_factor
+from sparsebench.run.loop import Trainer, build_optimizer
 from sparsebench.task import Task
 
 CPU = torch.device("cpu")
@@ -240,34 +240,23 @@ def step_schedule(total_epochs: int, steps: int) -> tuple[int, list[int]]:
 
 
 def train_steps(setup: Setup, steps: int = 3) -> list[float]:
-    """A few optimiser steps through the hooks in the order of ``runner.train``; returns the losses."""
+    """A few optimiser steps of the runner's own training step (``run.loop.Trainer``); returns the losses."""
     method, task, model, cfg = setup.method, setup.task, setup.model, setup.recipe
-    optimizer = build_optimizer(cfg, model)
-    generator = torch.Generator().manual_seed(0)
     per_epoch, schedule = step_schedule(cfg.epochs, steps)
+    trainer = Trainer(task, method, model, build_optimizer(cfg, model), cfg, CPU, setup.num_train, per_epoch)
+    generator = torch.Generator().manual_seed(0)
     expected = _eval_output(task, setup.reference, setup.x).shape
     losses = []
     model.train()
     task.on_pass_start(model, training=True)
     for step in schedule:
         epoch = step // per_epoch
-        ctx = StepContext(epoch, step, per_epoch, cfg.epochs, setup.num_train, optimizer)
-        for group in optimizer.param_groups:
-            group["lr"] = cfg.lr * lr_factor(cfg, epoch, step)
-        x = task.train_transform(setup.x, generator)
-        out = model(x)
-        if out.shape != expected:
-            _fail(method, f"train-mode output shape {tuple(out.shape)} != {tuple(expected)} at step {step}")
-        loss = task.loss(out, setup.y)
-        reg = method.regularizer(model, ctx)
-        total = loss if reg is None else loss + reg
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        if cfg.grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        method.on_step_end(model, ctx)
-        value = float(total.detach())
+        result = trainer.step(setup.x, setup.y, trainer.context(epoch, step), generator)
+        if result.output_shape != tuple(expected):
+            _fail(
+                method, f"train-mode output shape {result.output_shape} != {tuple(expected)} at step {step}"
+            )
+        value = float(result.loss)
         if not math.isfinite(value):
             _fail(method, f"training loss became {value} at step {step} (epoch {epoch})")
         losses.append(value)

@@ -9,7 +9,7 @@ import torch
 
 from sparsebench.method import StepContext
 from sparsebench.registry import METHODS, TASKS
-from sparsebench.run.runner import place_model
+from sparsebench.run.loop import place_model
 from sparsebench.toolkit import compiled as compiled_kernels
 from sparsebench.toolkit import noise
 

@@ -275,7 +275,7 @@ def test_resuming_a_finished_run_is_refused(
 
 def test_the_recipe_follows_task_options_given_on_the_command_line() -> None:
     """``--set task.preset=small`` must get small's recipe (13 epochs, lr 20), not medium's."""
-    from sparsebench.run.runner import plan_run
+    from sparsebench.run.plan import plan_run
 
     small = plan_run("ptb_lstm", "dense", {"task.preset": "small"}).train
     medium = plan_run("ptb_lstm", "dense", {}).train
@@ -343,7 +343,7 @@ def test_a_channels_last_conv_run_resumes_to_the_same_weights(
 
 
 def test_place_model_puts_conv_weights_channels_last_on_cpu_only_when_there_are_convs() -> None:
-    from sparsebench.run.runner import place_model
+    from sparsebench.run.loop import place_model
 
     cpu = torch.device("cpu")
     convnet = place_model(nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(8 * 4, 2)), cpu)

@@ -57,7 +57,7 @@ def load_run(run_id: str, tracking_uri: str | None, data_dir: str | None) -> Loa
     """Rebuild a finished run's exported model from MLflow and read its task's test inputs."""
     from sparsebench.data.paths import data_root
     from sparsebench.report.select import ArtifactReader, load_model
-    from sparsebench.run.runner import plan_run
+    from sparsebench.run.plan import plan_run
     from sparsebench.tracking import default_tracking_uri, make_client, resolve_run_id
 
     client = make_client(tracking_uri)

@@ -32,9 +32,8 @@ import pandas as pd
 import torch
 
 from sparsebench.data.tensors import TensorBatches
-from sparsebench.method import StepContext
 from sparsebench.registry import METHODS, TASKS
-from sparsebench.run.runner import autocast, build_optimizer, place_model
+from sparsebench.run.loop import Trainer, build_optimizer, place_model
 
 PHASES = ("data", "forward", "regularizer", "backward", "optimizer", "method_hooks")
 
@@ -130,6 +129,16 @@ class TrainingLoop:
         self.data = data
         self.generator = torch.Generator().manual_seed(0)
         self.steps_per_epoch = data.num_batches(self.recipe.batch_size, drop_last=True)
+        self.trainer = Trainer(
+            self.task,
+            self.method,
+            self.model,
+            self.optimizer,
+            self.recipe,
+            device,
+            data.num_examples,
+            self.steps_per_epoch,
+        )
         # Late enough in training that every regulariser and schedule is active.
         self.epoch = self.recipe.epochs // 2
         self.step_index = 0
@@ -139,37 +148,24 @@ class TrainingLoop:
         return self.data.iterate(self.recipe.batch_size, True, self.generator, drop_last=True)
 
     def step(self, phases: dict[str, float] | None = None) -> None:
-        """One optimiser step; with ``phases``, each phase's synchronised time is added to it."""
-        task, method, device = self.task, self.method, self.device
-        ctx = StepContext(
-            self.epoch,
-            self.epoch * self.steps_per_epoch + self.step_index % self.steps_per_epoch,
-            self.steps_per_epoch,
-            self.recipe.epochs,
-            self.data.num_examples,
-            self.optimizer,
+        """One optimiser step of the runner's own ``Trainer``; with ``phases``, each phase's
+        synchronised time is added to it."""
+        device = self.device
+
+        def timed(phase: str) -> Any:
+            return _timed(phases, phase, device)
+
+        ctx = self.trainer.context(
+            self.epoch, self.epoch * self.steps_per_epoch + self.step_index % self.steps_per_epoch
         )
         self.step_index += 1
-        with _timed(phases, "data", device):
+        with timed("data"):
             try:
                 xb, yb = next(self._batches)
             except StopIteration:
                 self._batches = self._new_epoch()
                 xb, yb = next(self._batches)
-            xb = task.train_transform(xb, self.generator)
-        with autocast(device, self.recipe.amp):
-            with _timed(phases, "forward", device):
-                loss = task.loss(self.model(xb), yb)
-            with _timed(phases, "regularizer", device):
-                reg = method.regularizer(self.model, ctx)
-                total = loss if reg is None else loss + reg
-        with _timed(phases, "backward", device):
-            self.optimizer.zero_grad(set_to_none=True)
-            total.backward()
-        with _timed(phases, "optimizer", device):
-            self.optimizer.step()
-        with _timed(phases, "method_hooks", device):
-            method.on_step_end(self.model, ctx)
+        self.trainer.step(xb, yb, ctx, self.generator, timed)
 
     def seconds_per_step(self, n: int) -> float:
         """Wall time of ``n`` steps without synchronisation inside them, per step (0 for none)."""

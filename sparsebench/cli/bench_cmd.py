@@ -78,7 +78,7 @@ def handle(args: argparse.Namespace) -> int:
     import torch
 
     from sparsebench.errors import ConfigError
-    from sparsebench.run.runner import resolve_device
+    from sparsebench.run.plan import resolve_device
 
     runs = [*args.run_ids, *args.runs]
     modes = [bool(runs), args.break_even, args.train]

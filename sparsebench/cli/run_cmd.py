@@ -116,7 +116,9 @@ def _default_uri() -> str:
 
 def _train(args: argparse.Namespace, overrides: dict[str, Any]) -> Any:
     from sparsebench.config import parse_assignment
-    from sparsebench.run.runner import RunRequest, refinish, train
+    from sparsebench.run.plan import RunRequest
+    from sparsebench.run.refinish import refinish
+    from sparsebench.run.train import train
 
     request = RunRequest(
         task=args.task or "",

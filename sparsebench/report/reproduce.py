@@ -1,107 +1,22 @@
-"""What a report records about its runs so they can be re-run, and the re-running itself.
+"""Re-running a report: the runs its ``manifest.json`` lists, with their recorded configs.
 
-A report's ``manifest.json`` lists each run with its typed config and a ``sparsebench run``
-command that differs from the plugins' defaults only where the run did; ``reproduce`` replays
-those configs through the same runner, parents (``--init-from``) before children.
+``reproduce`` replays those configs through the same runner, parents (``--init-from``) before
+children; what the manifest holds and how it is checked is in ``manifest.py``.
 """
 
 from __future__ import annotations
 
-import json
-import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
+from sparsebench.errors import ConfigError
+from sparsebench.report.manifest import MANIFEST, manifest_runs, read_manifest
 
-from sparsebench.errors import ConfigError, SparsebenchError
+__all__ = ["MANIFEST", "REPRODUCTION_TAG", "ReproduceRequest", "manifest_runs", "read_manifest", "reproduce"]
 
-MANIFEST = "manifest.json"
-IDENTITY_KEYS = ("task.name", "method.name")
 REPRODUCTION_TAG = "reproduction_of_report"
-
-
-def default_config(task: str, method: str) -> dict[str, Any] | None:
-    """The flat config a plain ``sparsebench run`` would use, or None if a plugin is missing."""
-    from sparsebench.run.runner import plan_run
-
-    try:
-        return plan_run(task, method, {}).flat_config()
-    except SparsebenchError:
-        return None
-
-
-def overrides_of(config: dict[str, Any], defaults: dict[str, Any] | None) -> dict[str, Any]:
-    """The config keys a run changed from the defaults (all of them when defaults are unknown)."""
-    keep = {}
-    for key, value in config.items():
-        if key in IDENTITY_KEYS:
-            continue
-        if defaults is None or key == "train.seed" or _normal(defaults.get(key)) != _normal(value):
-            keep[key] = value
-    return keep
-
-
-def _normal(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
-
-
-def set_value(value: Any) -> str:
-    """A value as ``--set`` parses it back (YAML): JSON for lists, booleans and null."""
-    if isinstance(value, (bool, list, tuple, dict)) or value is None:
-        return json.dumps(_normal(value))
-    return str(value)
-
-
-def run_command(task: str, method: str, overrides: dict[str, Any], init_from: str = "") -> str:
-    parts = ["sparsebench", "run", "--task", task, "--method", method]
-    for key, value in overrides.items():
-        parts += ["--set", f"{key}={set_value(value)}"]
-    if init_from:
-        parts += ["--init-from", init_from]
-    return " ".join(shlex.quote(p) for p in parts)
-
-
-def manifest_runs(runs: pd.DataFrame, configs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """One manifest entry per run: identity, typed config, changed keys and the command."""
-    defaults: dict[tuple[str, str], dict[str, Any] | None] = {}
-    entries = []
-    for row in runs.itertuples():
-        key = (row.task, row.method)
-        if key not in defaults:
-            defaults[key] = default_config(row.task, row.method)
-        config = configs.get(row.run_id) or {}
-        overrides = overrides_of(config, defaults[key])
-        entries.append(
-            {
-                "run_id": row.run_id,
-                "task": row.task,
-                "method": row.method,
-                "setting": row.setting,
-                "seed": None if pd.isna(row.seed) else int(row.seed),
-                "init_from": row.init_from or "",
-                "test": _float(row.test),
-                "compression": _float(row.compression),
-                "overrides": overrides,
-                "command": run_command(row.task, row.method, overrides, row.init_from or ""),
-            }
-        )
-    return entries
-
-
-def _float(value: Any) -> float | None:
-    return None if pd.isna(value) else float(value)
-
-
-def read_manifest(folder: Path) -> dict[str, Any]:
-    path = folder / MANIFEST if folder.is_dir() else folder
-    if not path.exists():
-        raise ConfigError(
-            f"{folder} holds no {MANIFEST}; give the folder of a report made by `sparsebench report`"
-        )
-    return json.loads(path.read_text())
 
 
 def replay_order(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -118,6 +33,30 @@ def replay_order(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         done |= {e["run_id"] for e in ready}
         later = [e for e in later if e not in ready]
     return ordered
+
+
+MIN_PREFIX = 6
+"""Shortest run-id prefix ``--only`` accepts (the report's runs table shows the first 8 characters)."""
+
+
+def select_only(entries: list[dict[str, Any]], only: tuple[str, ...] | list[str]) -> list[dict[str, Any]]:
+    """The entries ``--only`` names, by whole run id or a unique prefix; all of them when it names none."""
+    if not only:
+        return entries
+    chosen = set()
+    for text in only:
+        hits = [
+            e["run_id"]
+            for e in entries
+            if e["run_id"] == text or (len(text) >= MIN_PREFIX and e["run_id"].startswith(text))
+        ]
+        if len(hits) != 1:
+            why = (
+                "not a run of this report" if not hits else f"matches {len(hits)} runs, give more characters"
+            )
+            raise ConfigError(f"--only {text}: {why} (see the report's runs.csv)")
+        chosen.add(hits[0])
+    return [e for e in entries if e["run_id"] in chosen]
 
 
 @dataclass
@@ -142,17 +81,11 @@ class ReproduceRequest:
 
 def reproduce(request: ReproduceRequest) -> list[Replayed]:
     """Re-run a report's runs with their recorded configs; new runs are tagged with the report's name."""
-    from sparsebench.run.runner import RunRequest, train
+    from sparsebench.run.plan import RunRequest
+    from sparsebench.run.train import train
 
     manifest = read_manifest(request.folder)
-    entries = replay_order(manifest["runs"])
-    if request.only:
-        unknown = set(request.only) - {e["run_id"] for e in entries}
-        if unknown:
-            raise ConfigError(
-                f"--only {', '.join(sorted(unknown))}: not a run of this report (see its runs.csv)"
-            )
-        entries = [e for e in entries if e["run_id"] in request.only]
+    entries = select_only(replay_order(manifest["runs"]), request.only)
     new_ids: dict[str, str] = {}
     replayed = []
     for i, entry in enumerate(entries, 1):

@@ -1,6 +1,6 @@
 """Memory layouts of the tensors a method derives from its conv weights.
 
-On CPU the runner trains conv models channels-last (``sparsebench.run.runner.place_model``). An
+On CPU the runner trains conv models channels-last (``sparsebench.run.loop.place_model``). An
 element-wise op on a conv weight with one input channel (LeNet-5's conv1, shape (20, 1, 5, 5))
 cannot tell channels-last from contiguous and returns contiguous strides; a convolution with that
 weight then answers contiguous while its twin with the parameter answers channels-last. Mixed

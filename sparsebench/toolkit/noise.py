@@ -1,6 +1,6 @@
 """Standard-normal draws shaped like an activation, fast in either memory layout.
 
-On CPU the training model runs channels-last (``sparsebench.run.runner.place_model``), and torch's
+On CPU the training model runs channels-last (``sparsebench.run.loop.place_model``), and torch's
 ``randn_like`` on a channels-last tensor takes a slow strided path although the memory is dense:
 27 ms instead of 2.2 ms per LeNet-5 conv activation of a 100-example batch, more than the two
 convolutions it perturbs. Drawing one flat block and viewing it with the tensor's strides gives

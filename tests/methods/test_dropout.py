@@ -26,7 +26,8 @@ from sparsebench.method import StepContext
 from sparsebench.methods._noise import NOISY_LAYERS, BernoulliNoise
 from sparsebench.methods.dropout import VariationalDropout, log_alpha_of
 from sparsebench.registry import METHODS, TASKS
-from sparsebench.run.runner import RunRequest, train
+from sparsebench.run.plan import RunRequest
+from sparsebench.run.train import train
 from sparsebench.testing import check_method_conformance
 from sparsebench.toolkit.kl import C1, C2, C3, kingma_neg_kl
 

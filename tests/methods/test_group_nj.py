@@ -588,7 +588,7 @@ def test_group_conv_trains_channels_last_with_mean_and_variance_in_one_layout(in
     """place_model finds the group conv by its 4-D weights; with one input channel (LeNet-5's conv1)
     exp(log variance) loses the channels-last strides, and the variance convolution must not
     answer in the other layout (the mixed pair made LeNet-5 group_nj's convolutions 1.4x slower)."""
-    from sparsebench.run.runner import place_model
+    from sparsebench.run.loop import place_model
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(in_channels, 6, 3), nn.Flatten(), nn.Linear(6 * 16, 2))

@@ -24,7 +24,8 @@ from sparsebench.methods.magnitude import (
 from sparsebench.methods.random_pruning import RandomConfig, RandomPruning
 from sparsebench.registry import METHODS, TASKS
 from sparsebench.run import checkpoint
-from sparsebench.run.runner import RunRequest, train
+from sparsebench.run.plan import RunRequest
+from sparsebench.run.train import train
 from sparsebench.tasks.lenet300_100 import LeNet300100
 from sparsebench.testing import check_method_conformance
 from sparsebench.toolkit.masking import effective, keep_masks, mask_of, pruned_count
@@ -335,7 +336,7 @@ def test_resumed_run_keeps_masks_and_ends_identical(mnist_dir: Path, tracking_ur
 
 
 def test_magnitude_trains_mnist_tasks_with_hans_l2_unless_told_otherwise() -> None:
-    from sparsebench.run.runner import plan_run
+    from sparsebench.run.plan import plan_run
 
     for task in ("lenet300_100", "lenet5"):
         assert plan_run(task, "magnitude", {}).train.weight_decay == 5e-4

@@ -17,7 +17,8 @@ import torch
 import sparsebench.cli as cli
 from sparsebench.report.reproduce import REPRODUCTION_TAG
 from sparsebench.report.select import REPORT_EXPERIMENT, NoMatchingRunsError, Selection, load_runs
-from sparsebench.run.runner import RunRequest, train
+from sparsebench.run.plan import RunRequest
+from sparsebench.run.train import train
 from sparsebench.tasks.lenet300_100 import LeNet300100
 from sparsebench.tracking import make_client
 

@@ -12,8 +12,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from sparsebench.run.runner import RunResult
-from sparsebench.sweep import study as sweep
+from sparsebench.run.plan import RunResult
+from sparsebench.sweep import objective
+from sparsebench.sweep.objective import TrialObjective
+from sparsebench.sweep.runs import SweepEnv
 from sparsebench.sweep.spec import spec_from_dict
 from sparsebench.sweep.study import Progress, best_trials, progress
 from tests.sweeps import (
@@ -178,7 +180,7 @@ def test_ctrl_c_stops_the_sweep_and_a_rerun_replaces_the_interrupted_trial(
     args = _args(spec, mnist_dir, mlflow_store, "interrupt")
     # The runner answers Ctrl-C by closing its run as KILLED and returning; the sweep must stop.
     with monkeypatch.context() as patch:
-        patch.setattr(sweep, "train", lambda request: RunResult("no-run", "KILLED"))
+        patch.setattr(objective, "train", lambda request: RunResult("no-run", "KILLED"))
         assert sweep_cli(*args).code == 130
     (interrupted,) = load_study(storage, "dense-lenet300_100").trials
     assert interrupted.state == TrialState.FAIL and interrupted.user_attrs["interrupted"]
@@ -255,8 +257,8 @@ def test_of_two_trials_started_together_for_the_last_slot_the_later_steps_back()
     spec = spec_from_dict({"task": "lenet300_100", "method": "random", "n_trials": 1})
     study = optuna.create_study(storage=optuna.storages.InMemoryStorage())
     study.ask()  # trial 0: another worker took the only slot a moment earlier
-    objective = sweep.TrialObjective(spec, sweep.SweepEnv(), "no-parent", "no-key")
-    study.optimize(objective, n_trials=1, catch=objective.expected_failures)
+    trial_objective = TrialObjective(spec, SweepEnv(), "no-parent", "no-key")
+    study.optimize(trial_objective, n_trials=1, catch=trial_objective.expected_failures)
     late = study.trials[1]
     assert late.state == TrialState.FAIL and "skipped" in late.user_attrs and not late.params
     assert progress(study) == Progress(running=1)

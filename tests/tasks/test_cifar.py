@@ -19,7 +19,8 @@ from sparsebench.data.cifar import SPECS, download_cifar, load_cifar
 from sparsebench.errors import ConfigError, DataError
 from sparsebench.measure.counts import WEIGHT_LAYERS, layer_table, weight_tensors
 from sparsebench.registry import METHODS
-from sparsebench.run.runner import RunRequest, train
+from sparsebench.run.plan import RunRequest
+from sparsebench.run.train import train
 from sparsebench.tasks.vgg_like import VggLike, VggLikeConfig, build_vgg_like
 from sparsebench.testing import check_method_conformance
 

@@ -15,7 +15,9 @@ from sparsebench.data.ptb import EOS, TokenBatches, build_vocabulary, load_ptb, 
 from sparsebench.errors import DataError
 from sparsebench.measure.counts import WEIGHT_LAYERS, weight_tensors
 from sparsebench.registry import METHODS
-from sparsebench.run.runner import RunRequest, evaluate, lr_factor, train
+from sparsebench.run.plan import RunRequest
+from sparsebench.run.loop import evaluate, lr_factor
+from sparsebench.run.train import train
 from sparsebench.tasks.ptb_lstm import PtbLstm, PtbLstmConfig, WordLanguageModel
 from sparsebench.testing import check_method_conformance
 

@@ -1,0 +1,98 @@
+"""From what a user asked for to a resolved run: plugin instances and every configuration value."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from sparsebench.config import TrainConfig, apply_overrides, flatten
+from sparsebench.errors import ConfigError
+from sparsebench.method import SparsityMethod
+from sparsebench.registry import METHODS, TASKS
+from sparsebench.task import Task
+from sparsebench.tracking import EXPERIMENT
+
+
+@dataclass
+class RunRequest:
+    """What the user asked for; everything else comes from the task's recipe and the configs."""
+
+    task: str
+    method: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    device: str = "auto"
+    data_dir: str | None = None
+    tracking_uri: str | None = None
+    experiment: str = EXPERIMENT
+    resume: str | None = None
+    init_from: str | None = None
+    stop_after: int | None = None
+    """Stop (resumably) once this many epochs are done; the run can be continued with --resume."""
+    progress: bool = True
+    parent_run_id: str | None = None
+    run_name: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    on_epoch: Callable[[int, float], None] | None = None
+    """Called with (epoch, validation metric) after each epoch; sweeps report to optuna here."""
+
+
+@dataclass
+class RunResult:
+    """How a run ended and, when it finished, the numbers of its row."""
+
+    run_id: str
+    status: str
+    val_metric: float = math.nan
+    test_metric: float = math.nan
+    summary: dict[str, float] = field(default_factory=dict)
+    row: str = ""
+    table: Any = None
+
+
+@dataclass
+class Plan:
+    """A resolved run: plugin instances and the full configuration."""
+
+    task: Task
+    method: SparsityMethod
+    train: TrainConfig
+
+    @property
+    def sections(self) -> dict[str, Any]:
+        return {"task": self.task.config, "method": self.method.config, "train": self.train}
+
+    def flat_config(self) -> dict[str, Any]:
+        return {"task.name": self.task.name, "method.name": self.method.name, **flatten(self.sections)}
+
+
+def plan_run(task_name: str, method_name: str, overrides: dict[str, Any]) -> Plan:
+    """Look up the plugins and apply overrides; every error here is the user's to fix."""
+    task_cls = TASKS.get(task_name)
+    method_cls = METHODS.get(method_name)
+    task = task_cls(task_cls.Config())
+    method = method_cls(method_cls.Config())
+    # The recipe depends on the task's options (a PTB preset has its own epochs and learning rate)
+    # and may depend on the method's, so those are set first; train.* then edits that recipe.
+    plugin_sections = {"task": task.config, "method": method.config}
+    early = {k: v for k, v in overrides.items() if k.partition(".")[0] in plugin_sections}
+    apply_overrides(plugin_sections, early)
+    plan = Plan(task, method, method.adjust_recipe(task.name, task.default_recipe(method_cls.name)))
+    apply_overrides(plan.sections, {k: v for k, v in overrides.items() if k not in early})
+    if plan.train.epochs < 1 or plan.train.batch_size < 1:
+        raise ConfigError("train.epochs and train.batch_size must be at least 1")
+    return plan
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when torch sees it; an explicit CUDA request without CUDA is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise ConfigError(f"--device must be auto, cpu or cuda[:N], got {name!r}")
+    return torch.device(name)

@@ -1,0 +1,72 @@
+"""``run --refinish``: calibrate, export and score a trained run's last checkpoint again, as a new run.
+
+Thresholds, calibration and metrics keep improving after models are trained (fixing a stale cache
+once moved every group run's thresholds), and retraining to apply them costs hours. The checkpoint
+of the last epoch holds everything the end of a run needs, so this repeats only ``finish`` with
+the current code.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sparsebench.data.paths import data_root
+from sparsebench.errors import ConfigError
+from sparsebench.run import checkpoint
+from sparsebench.run.finish import finish
+from sparsebench.run.loop import place_model
+from sparsebench.run.plan import RunRequest, RunResult, plan_run, resolve_device
+from sparsebench.tracking import Tracker, environment
+
+RUN_STATE_TAGS = frozenset({"row", "checkpoint", "device", "state", "failure", "refinished_from"})
+"""Tags that describe how one run went, set by the runner; ``refinish`` does not inherit them."""
+
+
+def refinish(request: RunRequest, source: str) -> RunResult:
+    """Finish run ``source``'s trained weights again, as a new run tagged ``refinished_from``.
+
+    The new run carries the source's config and its tags (study, init_from, ...); reports then
+    show it in place of the source.
+    """
+    from sparsebench.tracking import make_client, resolve_run_id
+
+    client = make_client(request.tracking_uri)
+    source = resolve_run_id(client, source, "--refinish")
+    source_tags = client.get_run(source).data.tags
+    trained, tags = source, source_tags  # a re-finished run has no checkpoint: use its training run's
+    while parent := tags.get("refinished_from"):
+        trained, tags = parent, client.get_run(parent).data.tags
+    ckpt = checkpoint.load(trained)
+    plan = plan_run(ckpt["task"], ckpt["method"], ckpt["config"])
+    task, method, cfg = plan.task, plan.method, plan.train
+    if ckpt["epoch"] < cfg.epochs:
+        raise ConfigError(
+            f"run {source} stopped after epoch {ckpt['epoch']} of {cfg.epochs}; "
+            f"finish its training first: sparsebench run --resume {source}"
+        )
+    device = resolve_device(request.device)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    splits = task.load_data(data_root(request.data_dir), device, cfg.val_size)
+    torch.manual_seed(cfg.seed)
+    model = place_model(method.convert(task.build_model()), device)
+    model.load_state_dict(ckpt["model"])
+    inherited = {  # the user's tags (study=..., ...) and init_from; not what describes the old finish
+        key: value
+        for key, value in source_tags.items()
+        if not key.startswith(("mlflow.", "env.")) and key not in RUN_STATE_TAGS
+    }
+    tracker = Tracker.open(
+        request.tracking_uri,
+        request.experiment,
+        tags={**inherited, **request.tags, "refinished_from": source},
+        run_name=f"{task.name}-{method.name}-refinished",
+    )
+    tracker.log_params(plan.flat_config())
+    tracker.set_tags({**environment(), "device": str(device)})
+    tracker.copy_curves(source)
+    try:
+        return finish(plan, model, splits, tracker, device)
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
