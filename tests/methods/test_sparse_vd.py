@@ -540,7 +540,7 @@ def linear_svd_like(layer: LinearSVD, **config: object) -> LinearSVD:
 
 
 def test_ars_variance_rule_keeps_masked_noise_in_linear_layers_only() -> None:
-    from sparsebench.methods.sparse_vd_rnn import SequenceLinearSVD
+    from sparsebench.methods.sparse_vd.recurrent import SequenceLinearSVD
 
     assert linear_svd(3, 2)._mask_variance() is False  # the default rule, "ars"
     assert conv_svd()._mask_variance() is True

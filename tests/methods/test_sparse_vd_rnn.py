@@ -11,7 +11,7 @@ from torch import nn
 
 from sparsebench.method import StepContext
 from sparsebench.methods.sparse_vd import SparseVD, SparseVDConfig
-from sparsebench.methods.sparse_vd_rnn import (
+from sparsebench.methods.sparse_vd.recurrent import (
     LSTMSVD,
     EmbeddingSVD,
     SequenceLinearSVD,

@@ -1,7 +1,7 @@
 """Sparse VD for recurrent networks (Chirkova, Lobacheva, Vetrov. Bayesian Compression for Natural
 Language Processing. EMNLP 2018, arXiv 1810.10927; their code is sbrnn).
 
-Rule: as in Sparse VD (methods/sparse_vd.py), every weight of the embedding, of the LSTM
+Rule: as in Sparse VD (``layers.py`` of this package), every weight of the embedding, of the LSTM
 (input-to-hidden and hidden-to-hidden) and of the softmax layer gets its own posterior
 N(theta, sigma^2) and is removed once log alpha >= 3; but training draws one weight sample per
 mini-batch, shared by every time step and every sequence of the batch, because the local
@@ -22,8 +22,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from sparsebench.methods.sparse_vd import LinearSVD, SparseVDConfig, _SparseVDMixin
 from sparsebench.toolkit.surgery import modules_of_type
+
+from .layers import LinearSVD, SparseVDConfig, _SparseVDMixin
 
 VAR_FLOOR = 1e-30
 """Floor under a weight's variance before the square root. A masked weight has variance exactly 0,
