@@ -8,20 +8,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from typing import Any
 
 EXAMPLES = """examples:
-  sparsebench sweep sweeps/sparse_vd_lenet300_100.yaml
-  sparsebench sweep sweeps/sparse_vd_lenet300_100.yaml --workers 2
+  sparsebench sweep --list
+  sparsebench sweep sparse_vd_lenet300_100
+  sparsebench sweep sparse_vd_lenet300_100 --workers 2
+  sparsebench sweep my_spec.yaml
   sparsebench sweep --method sparse_vd --task lenet5 --n-trials 30 --epochs 20
-  sparsebench sweep sweeps/sparse_vd_lenet5.yaml --storage postgresql+psycopg2://user:pw@db-host/sweeps
-  sparsebench sweep status sweeps/sparse_vd_lenet300_100.yaml
-  sparsebench sweep sweeps/sparse_vd_lenet300_100.yaml --scaling 1 2 --n-trials 8 --epochs 3
+  sparsebench sweep sparse_vd_lenet5 --storage postgresql+psycopg2://user:pw@db-host/sweeps
+  sparsebench sweep status sparse_vd_lenet300_100
+  sparsebench sweep sparse_vd_lenet300_100 --scaling 1 2 --n-trials 8 --epochs 3
 
-Running the same command again resumes the study; completed trials are never repeated. The same
-command on several machines with one PostgreSQL --storage joins them into one study.
+SPEC is the name of a shipped spec (see --list) or the path of a YAML file. Running the same
+command again resumes the study; completed trials are never repeated. The same command on several
+machines with one PostgreSQL --storage joins them into one study.
 """
 
 
@@ -33,7 +35,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("target", nargs="*", metavar="[status] SPEC", help="a sweep spec (sweeps/*.yaml)")
+    p.add_argument(
+        "target", nargs="*", metavar="[status] SPEC", help="a shipped spec's name (see --list) or a YAML file"
+    )
+    p.add_argument("--list", action="store_true", help="list the shipped sweep specs (--json for JSON)")
+    p.add_argument("--show", action="store_true", help="print the spec's YAML (to copy and edit) and exit")
     p.add_argument("--method", help="sweep this method's own search space (no spec file needed)")
     p.add_argument("--task", help="task for --method")
     p.add_argument("--n-trials", type=int, help="number of trials (overrides the spec)")
@@ -64,7 +70,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlruns)"
     )
     p.add_argument("--experiment", default="sparsebench", help="MLflow experiment name")
-    p.add_argument("--json", action="store_true", help="status: print JSON")
+    p.add_argument("--json", action="store_true", help="status, --list: print JSON")
     p.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(handler=handle)
 
@@ -72,16 +78,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def handle(args: argparse.Namespace) -> int:
     from sparsebench.errors import ConfigError
 
+    if args.list:
+        return list_specs(args.json)
     status = bool(args.target) and args.target[0] == "status"
     files = args.target[1:] if status else args.target
     if len(files) > 1:
-        raise ConfigError(f"sweep takes one spec file, got {len(files)}: {' '.join(files)}")
+        raise ConfigError(f"sweep takes one spec, got {len(files)}: {' '.join(files)}")
     if files and (args.method or args.task):
-        raise ConfigError("give a spec file or --method/--task, not both")
+        raise ConfigError("give a spec or --method/--task, not both")
     if not files and not (args.method and args.task):
-        raise ConfigError("sweep needs a spec file (see sweeps/) or --method and --task")
+        raise ConfigError(
+            "sweep needs a spec (a name that `sparsebench sweep --list` shows, or a YAML file) "
+            "or --method and --task"
+        )
+    if args.show and files:
+        return show_spec(files[0])
     spec = _spec(args, files[0] if files else None)
-    from sparsebench.sweep.study import SweepEnv
+    from sparsebench.sweep.runs import SweepEnv
 
     env = SweepEnv(args.tracking_uri, args.experiment, args.data_dir, args.device)
     if status:
@@ -89,6 +102,38 @@ def handle(args: argparse.Namespace) -> int:
     if args.scaling:
         return scaling(spec, env, args)
     return run(spec, env, args)
+
+
+def list_specs(as_json: bool) -> int:
+    """The shipped specs: what ``sparsebench sweep NAME`` accepts."""
+    from dataclasses import asdict
+
+    from sparsebench.sweep.shipped import shipped_specs
+
+    specs = shipped_specs()
+    if as_json:
+        print(json.dumps([asdict(s) for s in specs], indent=2))
+        return 0
+    width = max((len(s.name) for s in specs), default=4)
+    print(f"{'NAME':<{width}}  DESCRIPTION")
+    for s in specs:
+        print(f"{s.name:<{width}}  {s.description}")
+    print(
+        "\nrun one with: sparsebench sweep NAME   (its YAML, to copy and edit: sparsebench sweep NAME --show)"
+    )
+    return 0
+
+
+def show_spec(target: str) -> int:
+    """A spec's YAML as written, comments included: a wheel's user has no sweeps/ folder to open."""
+    from sparsebench.errors import ConfigError
+    from sparsebench.sweep.shipped import not_found_message, resolve
+
+    _, text = resolve(target)
+    if text is None:
+        raise ConfigError(not_found_message(target))
+    print(text, end="" if text.endswith("\n") else "\n")
+    return 0
 
 
 def scaling(spec: Any, env: Any, args: argparse.Namespace) -> int:
@@ -133,7 +178,8 @@ def _spec(args: argparse.Namespace, path: str | None) -> Any:
 
 
 def run(spec: Any, env: Any, args: argparse.Namespace) -> int:
-    from sparsebench.sweep.study import run_sweep, run_worker
+    from sparsebench.sweep.status import interrupted_message
+    from sparsebench.sweep.workers import exit_status, run_sweep, run_worker, worker_problems
 
     try:
         if args.worker_index is not None:
@@ -141,16 +187,45 @@ def run(spec: Any, env: Any, args: argparse.Namespace) -> int:
             return 0
         _, codes = run_sweep(spec, env, args.workers)
     except KeyboardInterrupt:
-        print("\nsweep interrupted; run the same command again to continue it", file=sys.stderr)
+        if args.worker_index is None:  # a worker's parent says it once for all of them
+            print(f"\n{interrupted_message(spec, continue_command(args))}", file=sys.stderr)
         return 130
-    if any(codes):
-        print(f"sparsebench: worker exit codes {codes}; see their messages above", file=sys.stderr)
+    if problems := worker_problems(codes):
+        print(f"sparsebench: {'; '.join(problems)}; see their messages above", file=sys.stderr)
     show_status(spec, env, as_json=False)
-    return max(codes, default=0)
+    return exit_status(codes)
+
+
+def continue_command(args: argparse.Namespace) -> str:
+    """The command that continues this sweep: this one, with any password in a URI masked."""
+    import shlex
+
+    from sparsebench.tracking import mask_uri
+
+    words = ["sparsebench", "sweep", *(args.target or ["--method", args.method, "--task", args.task])]
+    options = {
+        "--n-trials": args.n_trials,
+        "--epochs": args.epochs,
+        "--storage": args.storage and mask_uri(args.storage),
+        "--study": args.study,
+        "--workers": args.workers if args.workers != 1 else None,
+        "--device": args.device if args.device != "auto" else None,
+        "--data-dir": args.data_dir,
+        "--tracking-uri": args.tracking_uri and mask_uri(args.tracking_uri),
+        "--experiment": args.experiment if args.experiment != "sparsebench" else None,
+    }
+    for flag, value in options.items():
+        if value is not None:
+            words += [flag, str(value)]
+    for text in args.overrides:
+        words += ["--set", text]
+    return shlex.join(words)
 
 
 def show_status(spec: Any, env: Any, as_json: bool) -> int:
     """Trial counts, the selected trials (by validation only) and where to look further."""
+    from sparsebench.sweep.status import status_report
+
     report = status_report(spec, env)
     if as_json:
         print(json.dumps(report, indent=2, default=str))
@@ -175,65 +250,6 @@ def show_status(spec: Any, env: Any, as_json: bool) -> int:
     print(f"\noptuna dashboard: {report['dashboard']}")
     print(f"MLflow UI:        {report['mlflow_ui']}")
     return 0
-
-
-def status_report(spec: Any, env: Any) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    from sparsebench.sweep.study import (
-        best_trials,
-        find_parent_run,
-        load_existing_study,
-        masked,
-        progress,
-        storage_url,
-    )
-
-    study = load_existing_study(spec)
-    names = [o.metric for o in spec.objectives]
-    best = []
-    for t in best_trials(study):
-        best.append(
-            {
-                "number": t.number,
-                **dict(zip(names, t.values, strict=True)),
-                "val_metric": t.user_attrs.get("val_metric", math.nan),
-                "test_metric": t.user_attrs.get("test_metric", math.nan),
-                "params": t.params,
-                "mlflow_run_id": t.user_attrs.get("mlflow_run_id"),
-            }
-        )
-    failures = [
-        {"number": t.number, "reason": t.user_attrs["failure"]}
-        for t in study.get_trials(deepcopy=False)
-        if "failure" in t.user_attrs
-    ]
-    url = storage_url(spec)
-    return {
-        "study": spec.study,
-        "task": spec.task,
-        "method": spec.method,
-        "storage": masked(url),
-        "n_trials": spec.n_trials,
-        "objectives": [f"{o.direction} {o.metric}" for o in spec.objectives],
-        "counts": asdict(progress(study)),
-        "trials_per_hour": _throughput(study),
-        "best": best,
-        "failures": failures,
-        "mlflow_parent_run_id": find_parent_run(spec, env),
-        "dashboard": f"optuna-dashboard {url}",
-        "mlflow_ui": f"mlflow ui --backend-store-uri {env.mlflow_uri}",
-    }
-
-
-def _throughput(study: Any) -> float | None:
-    """Finished trials per hour of wall time, first start to last finish (all workers together)."""
-    done = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished() and t.datetime_complete]
-    if not done:
-        return None
-    start = min(t.datetime_start for t in done if t.datetime_start)
-    hours = (max(t.datetime_complete for t in done) - start).total_seconds() / 3600
-    return len(done) / hours if hours > 0 else None
 
 
 def _table(rows: list[dict[str, Any]], objectives: list[str]) -> str:

@@ -16,8 +16,9 @@ from pathlib import Path
 import pandas as pd
 
 from sparsebench.errors import ConfigError
+from sparsebench.sweep.runs import SweepEnv
 from sparsebench.sweep.spec import SweepSpec
-from sparsebench.sweep.study import SweepEnv, run_sweep
+from sparsebench.sweep.workers import run_sweep
 
 
 def measure_scaling(spec: SweepSpec, env: SweepEnv, worker_counts: list[int]) -> pd.DataFrame:

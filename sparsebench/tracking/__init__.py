@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +26,28 @@ MLFLOW_BATCH_METRICS = 1000
 def default_tracking_uri() -> str:
     """An sqlite file under ./mlruns/ (``mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db``)."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_STORE.absolute() / 'mlflow.db'}"
+
+
+_SECRET_QUERY = re.compile(r"(?i)([?&](?:password|passwd|pwd|token|secret|api_?key)=)[^&#]*")
+
+
+def mask_uri(uri: str) -> str:
+    """``uri`` with the password of its ``user:password@`` part (and secret query values) as ``***``.
+
+    Tracking and optuna storage URLs may carry a database password, and every URI we print (hints,
+    status lines), log (MLflow tags and params) or write (reports) would show it to whoever reads the
+    terminal, the store or a committed file. Pure string work, so any module can use it without
+    importing MLflow. Where the end of the password is ambiguous (a raw ``@`` in it, or in a path after
+    a host:port), more is masked rather than less.
+    """
+    scheme, sep, rest = uri.partition("://")
+    if sep and not rest.startswith("/"):
+        before_query = re.split(r"[?#]", rest, maxsplit=1)[0]
+        at = before_query.rfind("@")
+        user, colon, _ = before_query[:at].partition(":") if at > 0 else ("", "", "")
+        if colon and not set(user) & set("/@"):
+            rest = f"{user}:***{rest[at:]}"
+    return _SECRET_QUERY.sub(r"\1***", scheme + sep + rest)
 
 
 def _quiet_mlflow() -> None:

@@ -57,7 +57,7 @@ def write_spec(folder: Path, name: str = "sweep.yaml", **fields: Any) -> Path:
 
 def load_study(storage: str, name: str) -> optuna.Study:
     from sparsebench.sweep.spec import spec_from_dict
-    from sparsebench.sweep.study import open_storage
+    from sparsebench.sweep.storage import open_storage
 
     spec = spec_from_dict({"task": "lenet300_100", "method": "random", "n_trials": 1, "storage": storage})
     return optuna.load_study(study_name=name, storage=open_storage(spec))

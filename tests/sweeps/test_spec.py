@@ -219,7 +219,7 @@ def test_shipped_specs_start_with_their_usage_and_share_one_budget_per_task() ->
     budgets: dict[str, set[str]] = {}
     for path in SHIPPED:
         text = path.read_text()
-        assert text.startswith(f"# Usage: sparsebench sweep sweeps/{path.name}"), path.name
+        assert text.startswith(f"# Usage: sparsebench sweep {path.stem} "), path.name
         data = yaml.safe_load(text)
         budget = {k: data.get(k) for k in ("n_trials", "seeds", "budget", "objectives", "sampler")}
         budgets.setdefault(data["task"], set()).add(yaml.safe_dump(budget))
