@@ -87,33 +87,42 @@ def _pair(flag: str, text: str) -> tuple[str, str]:
 
 
 def handle(args: argparse.Namespace) -> int:
+    """Make the report; Ctrl-C stops it with one line and exit 130 (files may be half written)."""
     from pathlib import Path
 
     from sparsebench.report.build import DEFAULT_LEVELS, ReportRequest, check_name, make_report
+    from sparsebench.report.manifest import portable_path, portable_uri
     from sparsebench.tracking import default_tracking_uri
 
     selection = selection_from(args)
     name = check_name(args.name or "-".join(args.task) or "-".join(args.experiment) or args.sweep or "report")
     out = Path(args.out) if args.out else Path("reports") / name
     levels = tuple(args.levels) if args.levels else DEFAULT_LEVELS
+    # The command is written into the report: no absolute path of this machine, no store password.
     flags = ["sparsebench", "report", *selection.as_flags(), "--name", name]
     if args.out:
-        flags += ["--out", args.out]
+        flags += ["--out", portable_path(args.out)]
     if args.levels:
         flags += ["--levels", *(f"{v:g}" for v in levels)]
     if args.tracking_uri:
-        flags += ["--tracking-uri", args.tracking_uri]
-    result = make_report(
-        ReportRequest(
-            selection=selection,
-            name=name,
-            out=out,
-            tracking_uri=args.tracking_uri or default_tracking_uri(),
-            levels=levels,
-            log_to_mlflow=not args.no_mlflow,
-            command=" ".join(shlex.quote(f) for f in flags),
-        )
+        flags += ["--tracking-uri", portable_uri(args.tracking_uri)]
+    request = ReportRequest(
+        selection=selection,
+        name=name,
+        out=out,
+        tracking_uri=args.tracking_uri or default_tracking_uri(),
+        levels=levels,
+        log_to_mlflow=not args.no_mlflow,
+        command=" ".join(shlex.quote(f) for f in flags),
     )
+    try:
+        result = make_report(request)
+    except KeyboardInterrupt:
+        print(
+            f"sparsebench report: interrupted; {out} may hold a partial report: run the command again",
+            file=sys.stderr,
+        )
+        return 130
     for task, table in result.summaries.items():
         print(f"## {task}\n\n{table}\n")
     print(

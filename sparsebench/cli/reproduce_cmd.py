@@ -20,7 +20,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("report", help="a report folder (holding manifest.json)")
     r.add_argument("--dry-run", action="store_true", help="print the commands, train nothing")
     r.add_argument(
-        "--only", action="append", default=[], metavar="RUN_ID", help="re-run only this run (repeatable)"
+        "--only",
+        action="append",
+        default=[],
+        metavar="RUN_ID",
+        help="re-run only this run, by id or a unique prefix of 6+ characters (repeatable)",
     )
     r.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
     r.add_argument(
@@ -35,20 +39,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def handle_reproduce(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from sparsebench.report.manifest import read_manifest
     from sparsebench.report.reproduce import (
         REPRODUCTION_TAG,
         ReproduceRequest,
-        read_manifest,
         replay_order,
         reproduce,
+        select_only,
     )
 
     folder = Path(args.report)
     manifest = read_manifest(folder)
     if args.dry_run:
-        for entry in replay_order(manifest["runs"]):
-            if not args.only or entry["run_id"] in args.only:
-                print(entry["command"])
+        for entry in select_only(replay_order(manifest["runs"]), args.only):
+            print(entry["command"])
         return 0
     replayed = reproduce(
         ReproduceRequest(

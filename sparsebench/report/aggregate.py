@@ -118,16 +118,65 @@ def interpolate_log(
     return out
 
 
+def degenerate(frame: pd.DataFrame, columns: tuple[str, ...], weights: object = None) -> pd.Series:
+    """True for points that are no compression result: left out of fronts, matched tables and plots.
+
+    The rule: a point is degenerate when
+
+    - its ``compression`` or any of ``columns`` (metrics, a curve's threshold) is not finite: a
+      ``method.threshold=nan`` run or curve row, a diverged metric;
+    - its compression is below 1: weights / nonzero weights cannot be, so the count is broken;
+    - its model keeps no weight: ``nonzeros`` is 0 where logged, or the compression reaches the
+      network's weight count ``weights`` (``weights / max(1, nonzeros)`` gets there only with at most
+      one weight left). Such a model reads nothing; its "266200x" (LeNet-300-100 fully pruned) would
+      stretch every axis and span while saying nothing about the method.
+    """
+    bad = pd.Series(False, index=frame.index)
+    for column in ("compression", *columns):
+        if column in frame:
+            bad |= ~np.isfinite(pd.to_numeric(frame[column], errors="coerce").astype(float))
+    if "compression" in frame:
+        compression = pd.to_numeric(frame.compression, errors="coerce")
+        bad |= compression < 1.0 - 1e-9
+        if weights is not None:
+            size = pd.to_numeric(pd.Series(weights, index=frame.index), errors="coerce")
+            bad |= (size > 1) & (compression >= size)
+    if "nonzeros" in frame:
+        bad |= pd.to_numeric(frame.nonzeros, errors="coerce") == 0
+    return bad
+
+
+def drop_degenerate(
+    runs: pd.DataFrame, curves: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Runs and curve points that are compression results, and the runs left out (``degenerate``).
+
+    A run is judged by its final model (test metric and compression); a curve point by its
+    threshold, both metrics and compression, against its run's weight count.
+    """
+    size = runs.weights if "weights" in runs else None
+    bad_runs = degenerate(runs, ("test",), size)
+    kept = runs[~bad_runs]
+    if curves.empty:
+        return kept, curves, runs[bad_runs]
+    curve_size = curves.run_id.map(runs.set_index("run_id").weights) if size is not None else None
+    bad_points = degenerate(curves, ("threshold", "val_metric", "test_metric"), curve_size)
+    return kept, curves[~bad_points & curves.run_id.isin(kept.run_id)], runs[bad_runs]
+
+
 def run_points(runs: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
-    """Every (compression, val, test) point a run produced: its final model and its threshold curve."""
+    """Every (compression, val, test) point a run produced: its final model and its threshold curve.
+
+    Degenerate points (``degenerate``: not finite, or a model that keeps no weight) are left out.
+    """
+    runs, curves, _ = drop_degenerate(runs, curves)
     finals = runs[["run_id", "compression", "val", "test"]].rename(
         columns={"val": "val_metric", "test": "test_metric"}
     )
     finals = finals.assign(source="final")
     parts = [finals]
     if not curves.empty:
-        keep = curves[curves.run_id.isin(runs.run_id)]
-        parts.append(keep[["run_id", "compression", "val_metric", "test_metric"]].assign(source="curve"))
+        parts.append(curves[["run_id", "compression", "val_metric", "test_metric"]].assign(source="curve"))
     points = pd.concat(parts, ignore_index=True)
     return points.merge(runs[["run_id", "task", "method", "setting", "seed"]], on="run_id")
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from sparsebench.report.tables import Table, to_markdown
+from sparsebench.report.tables import Table
+from sparsebench.report.writers import to_markdown
 
 
 @dataclass
@@ -33,7 +34,7 @@ def markdown(blocks: list[Block]) -> str:
         elif block.kind == "code":
             parts.append(f"```\n{block.text}\n```")
         elif block.kind == "table" and block.table is not None:
-            parts.append(to_markdown(block.table.display))
+            parts.append(to_markdown(block.table.display, wrap=True))
         elif block.kind == "figure":
             parts.append(f"![{block.caption}]({block.text})\n\n*{block.caption}*")
     return "\n\n".join(parts) + "\n"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from sparsebench.report.tables import Table, fmt_count, fmt_value, fmt_x, show_setting
+from sparsebench.report.formatting import fmt_count, fmt_value, fmt_x, show_setting
+from sparsebench.report.tables import Table
 
 
 def inference_table(runs: pd.DataFrame, inference: pd.DataFrame) -> Table | None:
@@ -37,8 +38,35 @@ def inference_table(runs: pd.DataFrame, inference: pd.DataFrame) -> Table | None
                 "dense_bytes": dense.bytes.iloc[0],
             }
         )
+    if not rows:
+        return None
     numbers = pd.DataFrame(rows).sort_values(["method", "setting", "run_id", "device", "batch_size"])
-    display = pd.DataFrame(
+    display = _display(numbers)
+    if not show_setting(runs):
+        display = display.drop(columns="setting")
+    said = []  # a column with one value is said once in the note rather than in every row
+    if numbers.device.nunique() == 1:
+        display = display.drop(columns="device")
+        said.append(f"Timed on {numbers.device.iloc[0]}.")
+    if numbers.dense_bytes.nunique() == 1:
+        display = display.drop(columns="dense bytes")
+        said.append(f"The dense model takes {fmt_count(numbers.dense_bytes.iloc[0])} bytes.")
+    note = (
+        " ".join([*said, ""])
+        + "From `sparsebench bench RUN` (each run's `inference/<device>.csv`, environment beside it). "
+        "Every format's outputs match the dense masked model on the whole test set before it is timed; "
+        "times are medians over timed blocks, speedups against dense in the same process; the ideal "
+        "speedup is the compression ratio (the fraction of it reached is in inference.csv). Fastest and "
+        "smallest: the format with the least time and the one with the fewest bytes. The per-format "
+        "rows are in the runs' CSV files."
+    )
+    return Table(
+        "inference", "Sparse inference", numbers.reset_index(drop=True), display.reset_index(drop=True), note
+    )
+
+
+def _display(numbers: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame(
         {
             "method": numbers.method,
             "setting": numbers.setting,
@@ -47,25 +75,11 @@ def inference_table(runs: pd.DataFrame, inference: pd.DataFrame) -> Table | None
             "device": numbers.device,
             "batch": numbers.batch_size.astype(str),
             "dense ms": numbers.dense_ms.map(lambda v: fmt_value(v, 3)),
-            "fastest format": numbers.fastest_format,
+            "fastest": numbers.fastest_format,
             "ms": numbers.fastest_ms.map(lambda v: fmt_value(v, 3)),
             "speedup": numbers.speedup.map(lambda v: f"{v:.2f}x"),
-            "of ideal": numbers.fraction_of_ideal.map(lambda v: f"{100 * v:.1f}%"),
-            "smallest format": numbers.smallest_format,
-            "bytes (dense)": [
-                f"{fmt_count(s)} ({fmt_count(d)})"
-                for s, d in zip(numbers.smallest_bytes, numbers.dense_bytes, strict=True)
-            ],
+            "smallest": numbers.smallest_format,
+            "bytes": numbers.smallest_bytes.map(fmt_count),
+            "dense bytes": numbers.dense_bytes.map(fmt_count),
         }
-    )
-    if not show_setting(runs):
-        display = display.drop(columns="setting")
-    note = (
-        "From `sparsebench bench RUN` (each run's `inference/<device>.csv`, environment beside it). "
-        "Every format's outputs match the dense masked model on the whole test set before it is timed; "
-        "times are medians over timed blocks, speedups against dense in the same process; the ideal "
-        "speedup is the compression ratio. The per-format rows are in the runs' CSV files."
-    )
-    return Table(
-        "inference", "Sparse inference", numbers.reset_index(drop=True), display.reset_index(drop=True), note
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import sys
 import tempfile
 from dataclasses import dataclass, field, replace
@@ -19,6 +20,7 @@ import pandas as pd
 
 from sparsebench.errors import ConfigError
 from sparsebench.registry import normalize_name
+from sparsebench.tracking import mask_uri
 
 REPORT_EXPERIMENT = "sparsebench-reports"
 """Report runs live in their own experiment so they never show up among training runs."""
@@ -126,9 +128,10 @@ def load_runs(selection: Selection, tracking_uri: str) -> RunSet:
     raw = search(client, selection, tracking_uri)
     runs = tidy(raw)
     if runs.empty:
+        store = shlex.quote(mask_uri(tracking_uri))  # printed: never the store's password
         raise NoMatchingRunsError(
             f"no finished training runs match ({selection.describe()}); nothing written. Check the "
-            f"flags, or look at the store with: mlflow ui --backend-store-uri {tracking_uri}"
+            f"flags, or look at the store with: mlflow ui --backend-store-uri {store}"
         )
     artifacts = ArtifactReader(client)
     layers, curves, configs, inference = [], [], {}, []

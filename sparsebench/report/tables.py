@@ -2,22 +2,51 @@
 
 Each table is built twice from the same aggregates: ``numbers`` keeps means, deviations and
 interval bounds as floats (for anyone re-plotting), ``display`` shows them the way a paper does
-("1.92 ± 0.05", "68x"), so the two can never disagree.
+("1.92 ± 0.05", "68x"), so the two can never disagree. Formatting rules are in ``formatting.py``,
+the Markdown/LaTeX/CSV writers in ``writers.py``.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import pandas as pd
 
+from sparsebench.registry import normalize_name
 from sparsebench.report.aggregate import group_stats, run_epoch_seconds
+from sparsebench.report.formatting import (
+    DASH,
+    fmt_ci,
+    fmt_count,
+    fmt_layers,
+    fmt_pm,
+    fmt_value,
+    fmt_x,
+    fmt_x_pm,
+    is_text,
+    show_setting,
+    text_column,
+)
 from sparsebench.task import PaperResult
 
-DASH = "—"
+__all__ = [  # the formatting helpers stay importable from here, where they used to live
+    "DASH",
+    "Table",
+    "fmt_ci",
+    "fmt_count",
+    "fmt_layers",
+    "fmt_pm",
+    "fmt_value",
+    "fmt_x",
+    "fmt_x_pm",
+    "is_text",
+    "show_setting",
+    "text_column",
+]
+
+RUN_ID_CHARS = 8
+"""Run ids are shown by their first characters (as git shows commits); runs.csv has them whole."""
 
 
 @dataclass
@@ -33,65 +62,13 @@ class Table:
     task: str = ""
 
 
-# ---------------------------------------------------------------- formatting
-
-
-def fmt_value(value: float, digits: int = 2) -> str:
-    return DASH if value is None or math.isnan(value) else f"{value:.{digits}f}"
-
-
-def fmt_pm(mean: float, std: float, digits: int = 2) -> str:
-    """``mean ± std``, or the mean alone when one run gives no spread."""
-    if mean is None or math.isnan(mean):
-        return DASH
-    if std is None or math.isnan(std):
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-
-def fmt_ci(low: float, high: float, digits: int = 2) -> str:
-    if low is None or math.isnan(low):
-        return DASH
-    return f"[{low:.{digits}f}, {high:.{digits}f}]"
-
-
-def fmt_x(value: float) -> str:
-    """A compression ratio as the papers print it: ``280x``, ``12.3x``."""
-    if value is None or math.isnan(value):
-        return DASH
-    return f"{value:.0f}x" if value >= 100 else f"{value:.1f}x"
-
-
-def fmt_x_pm(mean: float, std: float) -> str:
-    if mean is None or math.isnan(mean):
-        return DASH
-    if std is None or math.isnan(std):
-        return fmt_x(mean)
-    digits = 0 if mean >= 100 else 1
-    return f"{fmt_x(mean)} ± {std:.{digits}f}"
-
-
-def fmt_layers(values: list[float] | tuple[float, ...] | None) -> str:
-    """Per-layer sparsity in the papers' dashed form, e.g. ``98.9-97.2-62.0``."""
-    if not values:
-        return DASH
-    return "-".join(f"{v:.1f}" for v in values)
-
-
-def fmt_count(value: float) -> str:
-    return DASH if value is None or math.isnan(value) else f"{value:,.0f}"
-
-
-# ---------------------------------------------------------------- builders
-
-
 def _keys(stats: pd.DataFrame) -> pd.DataFrame:
     return stats[["task", "method", "setting"]].copy()
 
 
-def show_setting(runs: pd.DataFrame) -> bool:
-    """A setting column is only worth showing when some method has more than one."""
-    return bool((runs.setting != "default").any())
+def _pm_column(stats: pd.DataFrame, column: str, fmt=fmt_x_pm) -> list[str]:  # noqa: ANN001
+    """``mean ± std`` strings of one aggregated column."""
+    return [fmt(m, s) for m, s in zip(stats[f"{column}_mean"], stats[f"{column}_std"], strict=True)]
 
 
 def layer_means(runs: pd.DataFrame, layers: pd.DataFrame) -> pd.DataFrame:
@@ -105,28 +82,59 @@ def layer_means(runs: pd.DataFrame, layers: pd.DataFrame) -> pd.DataFrame:
 def paper_table(
     runs: pd.DataFrame, layers: pd.DataFrame, references: tuple[PaperResult, ...], metric_name: str
 ) -> Table:
-    """The papers' format: network, method, error, per-layer sparsity, compression, beside quoted rows."""
+    """The papers' format: method, error, per-layer sparsity, compression, beside quoted rows.
+
+    The network is the section the table sits in (and the LaTeX caption), so it is not a column.
+    """
+    numbers = _interleave(_paper_ours(runs, layers), _paper_quoted(runs.task.iloc[0], references))
+    notes = numbers.get("note", pd.Series("", index=numbers.index))
+    ours = numbers.source == "this report"
+    display = pd.DataFrame(
+        {
+            "method": [
+                f"{m} ({n})" if isinstance(n, str) and n else m
+                for m, n in zip(numbers.method, notes, strict=True)
+            ],
+            "setting": numbers.setting,
+            "source": ours.map({True: "ours", False: "quoted"}),
+            "seeds": numbers.seeds.map(lambda n: DASH if math.isnan(n) else f"{n:.0f}"),
+            f"test {metric_name}": [
+                fmt_pm(m, s) if mine else fmt_value(m)
+                for m, s, mine in zip(numbers.test_mean, numbers.test_std, ours, strict=True)
+            ],
+            "95 % CI": [
+                fmt_ci(lo, hi) for lo, hi in zip(numbers.test_ci_low, numbers.test_ci_high, strict=True)
+            ],
+            "layer sparsity %": numbers.per_layer_sparsity,
+            "compression": _pm_column(numbers, "compression"),
+        }
+    )
+    if not show_setting(runs):
+        display = display.drop(columns="setting")
+    cited = sorted({ref.citation for ref in references})
+    note = "Ours: mean ± sample std over seeds, 95 % CI of the mean from Student's t. Compression = "
+    note += "weights / nonzero weights."
+    if cited:
+        note += f" Rows marked *quoted* are copied from the papers, not recomputed: {'; '.join(cited)}."
+    return Table("paper", "Paper format", numbers, display, note)
+
+
+def _paper_ours(runs: pd.DataFrame, layers: pd.DataFrame) -> pd.DataFrame:
     stats = group_stats(runs, ["task", "method", "setting"], ["test", "val", "compression"])
     per_layer = layer_means(runs, layers)
-    numbers = _keys(stats).assign(
-        source="this report",
-        seeds=stats.n,
-        test_mean=stats.test_mean,
-        test_std=stats.test_std,
-        test_ci_low=stats.test_ci_low,
-        test_ci_high=stats.test_ci_high,
-        val_mean=stats.val_mean,
-        compression_mean=stats.compression_mean,
-        compression_std=stats.compression_std,
-        compression_ci_low=stats.compression_ci_low,
-        compression_ci_high=stats.compression_ci_high,
-    )
+    numbers = _keys(stats).assign(source="this report", seeds=stats.n)
+    for column in ("test_mean", "test_std", "test_ci_low", "test_ci_high", "val_mean"):
+        numbers[column] = stats[column]
+    for column in ("compression_mean", "compression_std", "compression_ci_low", "compression_ci_high"):
+        numbers[column] = stats[column]
     numbers["per_layer_sparsity"] = [
-        fmt_layers(list(_layer_values(per_layer, row.task, row.method, row.setting)))
-        for row in stats.itertuples()
+        fmt_layers(_layer_values(per_layer, row.task, row.method, row.setting)) for row in stats.itertuples()
     ]
-    task = runs.task.iloc[0]
-    quoted = pd.DataFrame(
+    return numbers
+
+
+def _paper_quoted(task: str, references: tuple[PaperResult, ...]) -> pd.DataFrame:
+    return pd.DataFrame(
         [
             {
                 "task": task,
@@ -142,57 +150,22 @@ def paper_table(
             for ref in references
         ]
     )
-    numbers = _interleave(numbers, quoted)
-    display = pd.DataFrame(
-        {
-            "network": numbers.task,
-            "method": [
-                f"{m} ({n})" if isinstance(n, str) and n else m
-                for m, n in zip(
-                    numbers.method, numbers.get("note", pd.Series("", index=numbers.index)), strict=True
-                )
-            ],
-            "setting": numbers.setting,
-            "source": numbers.source.map(lambda s: "ours" if s == "this report" else "quoted"),
-            "seeds": numbers.seeds.map(lambda n: DASH if math.isnan(n) else f"{n:.0f}"),
-            f"test {metric_name}": [
-                fmt_pm(m, s) if src == "this report" else fmt_value(m)
-                for m, s, src in zip(numbers.test_mean, numbers.test_std, numbers.source, strict=True)
-            ],
-            "95 % CI": [
-                fmt_ci(lo, hi) for lo, hi in zip(numbers.test_ci_low, numbers.test_ci_high, strict=True)
-            ],
-            "per-layer sparsity %": numbers.per_layer_sparsity,
-            "compression": [
-                fmt_x_pm(m, s) for m, s in zip(numbers.compression_mean, numbers.compression_std, strict=True)
-            ],
-        }
-    )
-    if not show_setting(runs):
-        display = display.drop(columns="setting")
-    cited = sorted({ref.citation for ref in references})
-    note = (
-        f"Ours: mean ± sample std over seeds, 95 % CI of the mean from Student's t. Compression = "
-        f"weights / nonzero weights. Rows marked *quoted* are copied from the papers, not recomputed: "
-        f"{'; '.join(cited)}."
-        if cited
-        else "Mean ± sample std over seeds, 95 % CI of the mean from Student's t. "
-        "Compression = weights / nonzero weights."
-    )
-    return Table("paper", "Paper format", numbers, display, note)
+
+
+COMPRESSION_COLUMNS = {
+    "compression": "weights only",
+    "compression_all": "with biases",
+    "compression_structured": "structured",
+    "compression_precision": "reduced precision",
+    "flops_reduction": "FLOPs reduction",
+}
+"""Aggregated column -> its header in the compression table."""
+OPTIONAL_COMPRESSION = ("compression_structured", "compression_precision")
 
 
 def compression_table(runs: pd.DataFrame) -> Table:
     """Compression under each counting rule, and the FLOPs it saves."""
-    columns = [
-        "weights",
-        "nonzeros",
-        "compression",
-        "compression_all",
-        "compression_structured",
-        "compression_precision",
-        "flops_reduction",
-    ]
+    columns = ["weights", "nonzeros", *COMPRESSION_COLUMNS]
     stats = group_stats(runs, ["task", "method", "setting"], columns)
     numbers = _keys(stats).assign(seeds=stats.n)
     for c in columns:
@@ -205,45 +178,24 @@ def compression_table(runs: pd.DataFrame) -> Table:
             "seeds": numbers.seeds.astype(str),
             "weights": numbers.weights_mean.map(fmt_count),
             "nonzero weights": numbers.nonzeros_mean.map(fmt_count),
-            "weights only": [
-                fmt_x_pm(m, s) for m, s in zip(stats.compression_mean, stats.compression_std, strict=True)
-            ],
-            "with biases": [
-                fmt_x_pm(m, s)
-                for m, s in zip(stats.compression_all_mean, stats.compression_all_std, strict=True)
-            ],
-            "structured": [
-                fmt_x_pm(m, s)
-                for m, s in zip(
-                    stats.compression_structured_mean, stats.compression_structured_std, strict=True
-                )
-            ],
-            "after precision reduction": [
-                fmt_x_pm(m, s)
-                for m, s in zip(
-                    stats.compression_precision_mean, stats.compression_precision_std, strict=True
-                )
-            ],
-            "FLOPs reduction": [
-                fmt_x_pm(m, s)
-                for m, s in zip(stats.flops_reduction_mean, stats.flops_reduction_std, strict=True)
-            ],
+            **{header: _pm_column(stats, column) for column, header in COMPRESSION_COLUMNS.items()},
         }
     )
-    for optional, column in (
-        ("compression_structured", "structured"),
-        ("compression_precision", "after precision reduction"),
-    ):
+    for optional in OPTIONAL_COMPRESSION:
         if stats[f"{optional}_n"].sum() == 0:
-            display = display.drop(columns=column)
+            display = display.drop(columns=COMPRESSION_COLUMNS[optional])
     if not show_setting(runs):
         display = display.drop(columns="setting")
-    note = (
+    note = ""
+    if numbers.weights_mean.nunique() == 1:  # one network: say its size once instead of in every row
+        note = f"Every row: {fmt_count(numbers.weights_mean.iloc[0])} weights. "
+        display = display.drop(columns="weights")
+    note += (
         "Weights only: weight tensors / their nonzeros (the papers' number). With biases: every parameter "
         "of the exported model. Structured: whole rows, filters and channels removed (Bayesian "
-        "compression). After "
-        "precision reduction: bits of the kept weights at the precision their posterior variance allows. "
-        "FLOPs: 2 x multiply-adds per example, dense / with zero weights skipped."
+        "compression). Reduced precision: bits of the kept weights at the precision their posterior "
+        "variance allows. FLOPs: 2 x multiply-adds per example, dense / with zero "
+        "weights skipped."
     )
     return Table("compression", "Compression by counting rule", numbers, display, note)
 
@@ -356,7 +308,7 @@ def runs_table(runs: pd.DataFrame, commands: dict[str, str]) -> Table:
     numbers = runs.assign(command=runs.run_id.map(commands))
     display = pd.DataFrame(
         {
-            "run id": numbers.run_id,
+            "run id": numbers.run_id.str[:RUN_ID_CHARS],
             "method": numbers.method,
             "setting": numbers.setting,
             "seed": numbers.seed.map(lambda s: fmt_value(s, 0)),
@@ -367,7 +319,11 @@ def runs_table(runs: pd.DataFrame, commands: dict[str, str]) -> Table:
     )
     if not show_setting(runs):
         display = display.drop(columns="setting")
-    return Table("runs", "Runs", numbers, display, "Every number above comes from these MLflow runs.")
+    note = (
+        f"Every number above comes from these MLflow runs (ids by their first {RUN_ID_CHARS} characters; "
+        "runs.csv has them whole)."
+    )
+    return Table("runs", "Runs", numbers, display, note)
 
 
 def _layer_values(per_layer: pd.DataFrame, task: str, method: str, setting: str) -> list[float]:
@@ -379,8 +335,6 @@ def _layer_values(per_layer: pd.DataFrame, task: str, method: str, setting: str)
 
 def _interleave(ours: pd.DataFrame, quoted: pd.DataFrame) -> pd.DataFrame:
     """Each quoted row right after our rows of the same method; quoted-only methods at the end."""
-    from sparsebench.registry import normalize_name
-
     if quoted.empty:
         return ours.reset_index(drop=True)
     quoted_key = quoted.method.map(normalize_name)
@@ -392,53 +346,3 @@ def _interleave(ours: pd.DataFrame, quoted: pd.DataFrame) -> pd.DataFrame:
         used |= set(match.index)
     parts.append(quoted.drop(index=list(used)))
     return pd.concat([p for p in parts if not p.empty], ignore_index=True)
-
-
-# ---------------------------------------------------------------- writers
-
-
-def is_text(value: object) -> bool:
-    """Words rather than a formatted number ("1.92 ± 0.05", "[1.8, 2.0]", "68x", "—")."""
-    return isinstance(value, str) and not re.match(r"^[\s\d.,±x%()\[\]=n*†≈—-]+$", value)
-
-
-def text_column(values: pd.Series) -> bool:
-    """Columns of words read left-aligned, columns of numbers right-aligned so the digits line up."""
-    return any(is_text(v) for v in values)
-
-
-def to_markdown(display: pd.DataFrame) -> str:
-    """A GitHub-flavoured Markdown table (no extra dependency: pandas needs ``tabulate`` for this)."""
-    header = [str(c) for c in display.columns]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    for row in display.itertuples(index=False):
-        lines.append("| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |")
-    return "\n".join(lines)
-
-
-def to_latex(table: Table) -> str:
-    """A booktabs table (``\\usepackage{booktabs}``) through pandas' Styler."""
-    task = table.task.replace("_", r"\_")  # pandas escapes the cells, not the caption
-    text = table.display.replace(r"\*\*(.*)\*\*", r"\1", regex=True).to_latex(
-        index=False,
-        escape=True,
-        caption=f"{task}: {table.title}" if task else table.title,
-        column_format="".join("l" if text_column(table.display[c]) else "r" for c in table.display.columns),
-        label=f"tab:{table.task}-{table.name}",
-    )
-    return (
-        text.replace("±", r"$\pm$").replace(DASH, "--").replace("†", r"$^\dagger$").replace("≈", r"$\approx$")
-    )
-
-
-def write_csv(tables: list[Table], folder: Path) -> list[Path]:
-    """One CSV per table name, the tasks stacked (numbers, not strings)."""
-    by_name: dict[str, list[pd.DataFrame]] = {}
-    for table in tables:
-        by_name.setdefault(table.name, []).append(table.numbers)
-    paths = []
-    for name, frames in by_name.items():
-        path = folder / f"{name}.csv"
-        pd.concat(frames, ignore_index=True).to_csv(path, index=False)
-        paths.append(path)
-    return paths
