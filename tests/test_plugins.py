@@ -1,7 +1,9 @@
 """Third-party methods arrive through the ``sparsebench.methods`` entry-point group.
 
-The plugins here are real distributions on disk (a package plus a ``.dist-info`` folder), found by
-``importlib.metadata`` through ``PYTHONPATH`` exactly as an installed wheel would be.
+The plugins are real distributions on disk in ``tests/plugins/``: packages with a ``.dist-info``
+folder beside them, found by ``importlib.metadata`` through ``PYTHONPATH`` exactly as installed
+wheels would be. ``site`` holds one working plugin and several broken ones; ``clash`` holds a
+second distribution offering a name the first already provides.
 """
 
 from __future__ import annotations
@@ -10,78 +12,29 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from sparsebench.errors import PluginError
-from sparsebench.registry import Registry
+from sparsebench.registry import METHODS, Registry
 
-TOPK = '''
-"""Keep the largest weights of each layer: a stand-in third-party method for the plugin tests."""
-
-from dataclasses import dataclass
-
-import torch
-from torch import nn
-
-from sparsebench.config import option
-from sparsebench.method import SparsityMethod
-
-
-@dataclass
-class TopKConfig:
-    keep_fraction: float = option(0.5, "fraction of each layer's weights kept, by magnitude")
-
-
-class TopK(SparsityMethod):
-    description = "keep the largest weights of each layer (plugin test)"
-    paper = "none (test plugin)"
-    Config = TopKConfig
-
-    def masks(self, model):
-        masks = {}
-        for path, m in model.named_modules():
-            if isinstance(m, (nn.Linear, nn.Conv2d)):
-                w = m.weight.detach().abs().flatten()
-                keep = torch.zeros_like(w, dtype=torch.bool)
-                keep[w.topk(round(self.config.keep_fraction * w.numel())).indices] = True
-                masks[path] = keep.view_as(m.weight)
-        return masks
-'''
-
-
-def write_distribution(
-    site: Path, dist: str, package: str, source: str, entry_points: dict[str, str]
-) -> None:
-    """A minimal installed distribution: the package, and its dist-info declaring the entry points."""
-    (site / package).mkdir()
-    (site / package / "__init__.py").write_text(textwrap.dedent(source))
-    info = site / f"{dist.replace('-', '_')}-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
-    lines = "".join(f"{name} = {target}\n" for name, target in entry_points.items())
-    (info / "entry_points.txt").write_text(f"[sparsebench.methods]\n{lines}")
+PLUGINS = Path(__file__).resolve().parent / "plugins"
+PLUGIN_MODULES = ("sbplugin_demo", "sbplugin_broken", "sbplugin_gone", "sbplugin_abstract", "sbplugin_exits")
+BROKEN = {
+    "broken_method",
+    "gone_method",
+    "abstract_method",
+    "function_method",
+    "exiting_method",
+    "renamed_topk",
+}
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder holding one working and two broken plugin distributions."""
-    site = tmp_path_factory.mktemp("site")
-    write_distribution(site, "sbplugin-demo", "sbplugin_demo", TOPK, {"demo_topk": "sbplugin_demo:TopK"})
-    write_distribution(
-        site,
-        "sbplugin-broken",
-        "sbplugin_broken",
-        'raise RuntimeError("broken on purpose")\n',
-        {"broken_method": "sbplugin_broken:Method"},
-    )
-    write_distribution(
-        site, "sbplugin-gone", "sbplugin_gone", "", {"gone_method": "sbplugin_gone_typo:Method"}
-    )
-    return site
+def site() -> Path:
+    return PLUGINS / "site"
 
 
 def sparsebench(site: Path, *argv: object) -> subprocess.CompletedProcess[str]:
@@ -118,6 +71,12 @@ def test_list_shows_plugins_with_origin_and_broken_ones_apart(site: Path) -> Non
     # Broken plugins are named with their distribution and error, after the working ones.
     assert "BROKEN plugin: sbplugin-broken 0.1: RuntimeError: broken on purpose" in entries["broken_method"]
     assert "BROKEN plugin: sbplugin-gone 0.1: ModuleNotFoundError" in entries["gone_method"]
+    assert (
+        "BROKEN plugin: sbplugin-exits 0.1: SystemExit: a plugin called sys.exit" in entries["exiting_method"]
+    )
+    assert "does not implement masks" in entries["abstract_method"]
+    assert "not a subclass of SparsityMethod" in entries["function_method"]
+    assert "'topk_by_another_name'" in entries["renamed_topk"] and "'renamed_topk'" in entries["renamed_topk"]
     # Built-ins keep their file origin.
     sparse_vd = lines.index(entries["sparse_vd"])
     assert lines[sparse_vd + 2].strip().startswith("origin: file ")
@@ -151,14 +110,14 @@ def plugin_registry(site: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Reg
     Built-ins register on import into the global ``METHODS``, so this one holds only the plugins.
     """
     monkeypatch.syspath_prepend(str(site))
-    yield Registry("method", "sparsebench.methods", "sparsebench.methods")
-    for name in ("sbplugin_demo", "sbplugin_broken", "sbplugin_gone"):
+    yield Registry("method", "sparsebench.methods", "sparsebench.methods", base=METHODS.base)
+    for name in PLUGIN_MODULES:
         sys.modules.pop(name, None)
 
 
 def test_broken_plugin_is_an_error_only_when_used(plugin_registry: Registry) -> None:
     assert plugin_registry.get("demo_topk").__name__ == "TopK"
-    assert set(plugin_registry.broken) == {"broken_method", "gone_method"}
+    assert set(plugin_registry.broken) == BROKEN
     with pytest.raises(
         PluginError, match="method plugin 'broken_method' failed to load: sbplugin-broken 0.1"
     ):
@@ -168,21 +127,27 @@ def test_broken_plugin_is_an_error_only_when_used(plugin_registry: Registry) -> 
 
 
 def test_name_clash_between_plugins_is_reported_not_fatal(
-    tmp_path: Path, site: Path, monkeypatch: pytest.MonkeyPatch
+    site: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    clash = tmp_path / "clash"
-    clash.mkdir()
-    write_distribution(clash, "sbplugin-clash", "sbplugin_clash", TOPK, {"demo_topk": "sbplugin_clash:TopK"})
     monkeypatch.syspath_prepend(str(site))
-    monkeypatch.syspath_prepend(str(clash))
-    registry = Registry("method", "sparsebench.methods", "sparsebench.methods")
+    monkeypatch.syspath_prepend(str(PLUGINS / "clash"))
+    registry = Registry("method", "sparsebench.methods", "sparsebench.methods", base=METHODS.base)
     try:
         names = [e.name for e in registry.entries()]
     finally:
-        for name in ("sbplugin_demo", "sbplugin_broken", "sbplugin_gone", "sbplugin_clash"):
+        for name in (*PLUGIN_MODULES, "sbplugin_clash"):
             sys.modules.pop(name, None)
     assert names.count("demo_topk") == 1
     assert "demo_topk" in registry.broken, "the second distribution's demo_topk was dropped without a word"
     assert (
         "sbplugin-clash" in registry.broken["demo_topk"] and "sbplugin-demo" in registry.broken["demo_topk"]
     )
+
+
+def test_plugins_in_the_environment_leave_the_built_in_list_alone(plugin_registry: Registry) -> None:
+    """The project's own tests cover ``builtin_names()``: a plugin, working or broken, is not in it."""
+    assert "demo_topk" in plugin_registry.names()
+    assert "demo_topk" not in plugin_registry.builtin_names()
+    builtin = {e.name: e.obj for e in METHODS.entries() if e.builtin}
+    assert {"sparse_vd", "dense", "magnitude"} <= builtin.keys()
+    assert all(cls.__module__.startswith("sparsebench.methods.") for cls in builtin.values())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import sys
 from pathlib import Path
 
 import pytest
@@ -140,3 +142,83 @@ def test_entry_point_of_an_already_registered_class_is_not_a_clash(fresh_registr
     fresh_registry.points.append(FakeEntryPoint("self_registering", lambda: SelfRegistering))  # type: ignore[attr-defined]
     assert fresh_registry.names() == ["self_registering"]
     assert fresh_registry.broken == {}
+
+
+def test_a_class_declaring_another_name_than_it_is_registered_under_is_an_error(
+    fresh_registry: Registry,
+) -> None:
+    class Named:
+        name = "my_method"
+
+    with pytest.raises(PluginError, match="declares name 'my_method' but is registered as 'other_name'"):
+        fresh_registry.register("other_name")(Named)
+    assert Named.name == "my_method"  # not overwritten
+    fresh_registry.register("my_method")(Named)  # the same name is fine
+    assert fresh_registry.get("my-method") is Named
+
+
+def test_plugins_that_load_but_cannot_work_are_reported_by_name(
+    fresh_registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sparsebench.method import SparsityMethod
+
+    monkeypatch.setattr(fresh_registry, "base", "sparsebench.method:SparsityMethod")
+
+    class Works(SparsityMethod):
+        def masks(self, model: object) -> dict:
+            return {}
+
+    class Abstract(SparsityMethod):
+        pass
+
+    class Misnamed(Works):
+        name = "something_else"
+
+    def exits() -> object:
+        raise SystemExit(3)
+
+    fresh_registry.points.extend(  # type: ignore[attr-defined]
+        [
+            FakeEntryPoint("works", lambda: Works),
+            FakeEntryPoint("abstract", lambda: Abstract),
+            FakeEntryPoint("a_function", lambda: exits),
+            FakeEntryPoint("exits", exits),
+            FakeEntryPoint("misnamed", lambda: Misnamed),
+        ]
+    )
+    assert fresh_registry.names() == ["works"]
+    broken = fresh_registry.broken
+    assert set(broken) == {"abstract", "a_function", "exits", "misnamed"}
+    assert all(why.startswith("sparsebench-extras 1.2.3: ") for why in broken.values())
+    assert "Abstract does not implement masks" in broken["abstract"]
+    assert "not a subclass of SparsityMethod" in broken["a_function"]
+    assert "SystemExit: 3" in broken["exits"]
+    assert "'something_else'" in broken["misnamed"] and "'misnamed'" in broken["misnamed"]
+
+
+def test_only_classes_of_the_built_in_package_count_as_built_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A registry's built-ins are what its package's modules register on import; plugins are not."""
+    package = tmp_path / "sbtest_shipped_builtins"
+    package.mkdir()
+    (package / "__init__.py").write_text("REGISTRY = None  # set by the test before the registry loads\n")
+    (package / "shipped.py").write_text(
+        "from . import REGISTRY\n\n\n@REGISTRY.register('shipped')\nclass Shipped:\n    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry: Registry = Registry("method", "sbtest_shipped_builtins", "sbtest.methods")
+    monkeypatch.setattr(importlib.import_module("sbtest_shipped_builtins"), "REGISTRY", registry)
+
+    class FromPlugin:
+        pass
+
+    points = {"sbtest.methods": [FakeEntryPoint("from_plugin", lambda: FromPlugin)]}
+    monkeypatch.setattr(registry_module.metadata, "entry_points", lambda group: points.get(group, []))
+    try:
+        assert registry.names() == ["from_plugin", "shipped"]
+        assert registry.builtin_names() == ["shipped"]
+    finally:
+        for name in ("sbtest_shipped_builtins", "sbtest_shipped_builtins.shipped"):
+            sys.modules.pop(name, None)
+    assert {"sparse_vd", "dense"} <= set(METHODS.builtin_names())
