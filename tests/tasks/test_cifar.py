@@ -324,7 +324,7 @@ def shared_tracking(tmp_path_factory: pytest.TempPathFactory) -> str:
     return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
 
 
-@pytest.mark.parametrize("method_name", METHODS.names())
+@pytest.mark.parametrize("method_name", METHODS.builtin_names())
 def test_every_method_trains_on_vgg_like_or_says_why_not(
     method_name: str, cifar_root: Path, shared_tracking: str
 ) -> None:
@@ -359,7 +359,7 @@ def test_every_method_trains_on_vgg_like_or_says_why_not(
     assert result.summary["compression"] >= 1.0
 
 
-@pytest.mark.parametrize("method_name", METHODS.names())
+@pytest.mark.parametrize("method_name", METHODS.builtin_names())
 def test_every_applicable_method_conforms_on_a_narrow_vgg_like(method_name: str) -> None:
     method_cls = METHODS.get(method_name)
     method = method_cls(method_cls.Config())

@@ -268,7 +268,7 @@ TINY = {
 }
 
 
-@pytest.mark.parametrize("method_name", METHODS.names())
+@pytest.mark.parametrize("method_name", METHODS.builtin_names())
 def test_every_method_trains_on_ptb_lstm_or_says_why_not(
     method_name: str, ptb_root: Path, shared_tracking: str
 ) -> None:
@@ -299,7 +299,7 @@ def test_every_method_trains_on_ptb_lstm_or_says_why_not(
     assert result.summary["weights"] == 2 * 32 * 8 + 2 * 2 * (4 * 8 * 8)
 
 
-@pytest.mark.parametrize("method_name", METHODS.names())
+@pytest.mark.parametrize("method_name", METHODS.builtin_names())
 def test_every_applicable_method_conforms_on_a_tiny_ptb_lstm(method_name: str) -> None:
     """The plugin contract on the medium preset shrunk (dropout included), through sparsebench.testing."""
     method_cls = METHODS.get(method_name)
