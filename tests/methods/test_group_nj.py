@@ -333,7 +333,7 @@ def test_curve_shift_keeps_more_groups_as_it_grows() -> None:
     model = method.convert(mini_lenet5())
     for _, layer in method.layers(model):
         set_(layer.scale.z_logvar, torch.linspace(-6, 6, layer.num_groups))
-    kept = [sum(int(m.sum()) for m in method.masks_at(model, s).values()) for s in method.curve_thresholds()]
+    kept = [sum(int(m.sum()) for m in method.masks_at(model, s).values()) for s in method.curve_levels()]
     assert kept == sorted(kept) and kept[0] < kept[-1]
     assert method.masks_at(model, 0.0)["fc2"].equal(method.masks(model)["fc2"])
 
@@ -394,7 +394,7 @@ def test_calibrate_fixes_and_returns_the_chosen_thresholds() -> None:
     # The sparsest acceptable masks remove fc1's inputs 8-15: fc1's threshold at most -2.3, and above
     # -7.7; conv1's filters (log alpha -9 +- 0.03 at init, fallback -3) need a shift above -6. Of the
     # shifts on the 0.5 grid that give those masks, ties go to the largest.
-    grid = method.curve_thresholds()
+    grid = method.curve_levels()
     want = max(g for g in grid if -7.7 < midpoint + g <= -2.3 and g > -6.0)
     assert chosen["shift"] == want
     assert chosen["val_chosen"] == 0.0 and chosen["val_best"] == 0.0
