@@ -71,6 +71,8 @@ class Registry(Generic[T]):
                     f"{self.kind} name {name!r} is registered twice: by {other.origin} and by "
                     f"{origin}; rename one of them"
                 )
+            if (problem := self._check_plugin(obj)) is not None:
+                raise PluginError(f"{self.kind} {name!r} (by {origin}) cannot be registered: {problem}")
             declared = vars(obj).get("name", "") if isinstance(obj, type) else ""
             if declared and declared != name:
                 raise PluginError(
@@ -113,7 +115,7 @@ class Registry(Generic[T]):
     def _load_plugin(self, ep: metadata.EntryPoint) -> str:
         """Import one entry point and register what it names; the problem found, or ""."""
         obj = ep.load()
-        # A plugin may register itself with the decorator on import, or just expose a class.
+        # A plugin may register itself with the decorator on import (checked there), or just expose a class.
         if any(entry.obj is obj for entry in self._entries.values()):
             return ""
         if (problem := self._check_plugin(obj)) is not None:
@@ -146,8 +148,9 @@ class Registry(Generic[T]):
         key = normalize_name(name)
         if key in self._entries:
             return self._entries[key].obj
-        if name in self.broken:
-            raise PluginError(f"{self.kind} plugin {name!r} failed to load: {self.broken[name]}")
+        for broken, why in self.broken.items():
+            if normalize_name(broken) == key:
+                raise PluginError(f"{self.kind} plugin {broken!r} failed to load: {why}")
         close = difflib.get_close_matches(key, list(self._entries), n=3, cutoff=0.5)
         hint = f"did you mean {', '.join(self._entries[k].name for k in close)}? " if close else ""
         raise UnknownNameError(

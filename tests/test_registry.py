@@ -222,3 +222,16 @@ def test_only_classes_of_the_built_in_package_count_as_built_in(
         for name in ("sbtest_shipped_builtins", "sbtest_shipped_builtins.shipped"):
             sys.modules.pop(name, None)
     assert {"sparse_vd", "dense"} <= set(METHODS.builtin_names())
+
+
+def test_a_plugin_registering_a_non_method_with_the_decorator_is_refused(
+    fresh_registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fresh_registry, "base", "sparsebench.method:SparsityMethod")
+
+    class NotAMethod:
+        pass
+
+    with pytest.raises(PluginError, match="'not_a_method'.*not a subclass of SparsityMethod"):
+        fresh_registry.register("not_a_method")(NotAMethod)
+    assert "not_a_method" not in fresh_registry
