@@ -8,6 +8,7 @@ run is one record of three sections (``task``, ``method``, ``train``) that flatt
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,21 +19,34 @@ import yaml
 from sparsebench.errors import ConfigError
 
 
-def option(default: Any, help: str, **kwargs: Any) -> Any:  # noqa: A002 - mirrors argparse
-    """A dataclass field with a help string (shown by ``sparsebench list --verbose``)."""
+def option(
+    default: Any,
+    help: str,  # noqa: A002 - mirrors argparse
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    **kwargs: Any,
+) -> Any:
+    """A dataclass field with a help string (shown by ``sparsebench list --verbose``) and its range.
+
+    ``low``/``high`` bound a numeric field (``low_open`` excludes ``low`` itself, e.g. a learning
+    rate must be > 0); ``check_ranges`` refuses values outside before any compute starts.
+    """
+    metadata = {"help": help, "low": low, "high": high, "low_open": low_open}
     if isinstance(default, (list, dict, set)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kwargs)
-    return field(default=default, metadata={"help": help}, **kwargs)
+        return field(default_factory=lambda: type(default)(default), metadata=metadata, **kwargs)
+    return field(default=default, metadata=metadata, **kwargs)
 
 
 @dataclass
 class TrainConfig:
     """The training recipe; each task supplies its paper's defaults."""
 
-    epochs: int = option(200, "passes over the training split")
-    batch_size: int = option(100, "examples per optimiser step")
+    epochs: int = option(200, "passes over the training split", low=1)
+    batch_size: int = option(100, "examples per optimiser step", low=1)
     optimizer: Literal["adam", "sgd"] = option("adam", "optimiser")
-    lr: float = option(1e-3, "base learning rate")
+    lr: float = option(1e-3, "base learning rate", low=0.0, low_open=True)
     lr_schedule: Literal["constant", "linear", "linear_to0", "inv", "step", "exponential_after"] = option(
         "constant",
         "constant; linear = constant for the first half then linearly to 0 (ars lr_linear); "
@@ -40,15 +54,19 @@ class TrainConfig:
         "step = multiply by lr_decay every lr_step epochs; exponential_after = constant for "
         "lr_step epochs, then multiply by lr_decay every epoch (Zaremba)",
     )
-    lr_decay: float = option(0.5, "factor of the step and exponential_after schedules")
-    lr_step: int = option(25, "epochs per step (step) or epochs before decay starts (exponential_after)")
-    momentum: float = option(0.9, "SGD momentum (Adam beta1 stays 0.9)")
-    weight_decay: float = option(0.0, "L2 penalty applied by the optimiser")
-    grad_clip: float = option(0.0, "clip the global gradient norm to this value (0 = off)")
-    seed: int = option(0, "seed of initialisation, noise and batch order")
-    val_size: int = option(5000, "training examples held out for per-epoch validation (fixed split)")
-    eval_batch_size: int = option(2000, "examples per evaluation batch")
-    threads: int = option(0, "CPU threads for torch (0 = torch's default)")
+    lr_decay: float = option(
+        0.5, "factor of the step and exponential_after schedules", low=0.0, low_open=True
+    )
+    lr_step: int = option(
+        25, "epochs per step (step) or epochs before decay starts (exponential_after)", low=1
+    )
+    momentum: float = option(0.9, "SGD momentum (Adam beta1 stays 0.9)", low=0.0, high=1.0)
+    weight_decay: float = option(0.0, "L2 penalty applied by the optimiser", low=0.0)
+    grad_clip: float = option(0.0, "clip the global gradient norm to this value (0 = off)", low=0.0)
+    seed: int = option(0, "seed of initialisation, noise and batch order", low=0)
+    val_size: int = option(5000, "training examples held out for per-epoch validation (fixed split)", low=1)
+    eval_batch_size: int = option(2000, "examples per evaluation batch", low=1)
+    threads: int = option(0, "CPU threads for torch (0 = torch's default)", low=0)
     compile: Literal["auto", "always", "never"] = option(
         "auto", "torch.compile the method's fusable kernels; auto = only for runs of 5,000+ steps"
     )
@@ -73,9 +91,10 @@ def flatten(sections: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def parse_assignment(text: str, flag: str = "--set") -> tuple[str, str]:
+def parse_assignment(text: str, flag: str = "--set", example: str = "train.epochs=20") -> tuple[str, str]:
+    """``key=value`` from the command line; ``example`` is what the error shows for this flag."""
     if "=" not in text:
-        raise ConfigError(f"{flag} expects key=value (e.g. train.epochs=20), got {text!r}")
+        raise ConfigError(f"{flag} expects key=value (e.g. {example}), got {text!r}")
     key, value = text.split("=", 1)
     return key.strip(), value.strip()
 
@@ -137,19 +156,50 @@ def coerce(key: str, raw: Any, annotation: Any) -> Any:
             return value
         raise ConfigError(f"{key} must be an integer, got {raw!r}")
     if annotation is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key} must be a number, got {raw!r}")
+        number = _as_float(value)
+        if number is None:
+            raise ConfigError(f"{key} must be a number, got {raw!r}")
+        if not math.isfinite(number):  # NaN slips through every comparison, then poisons a run
+            raise ConfigError(f"{key} must be a finite number, got {raw!r}")
+        return number
     if annotation is str:
         return str(value)
     if isinstance(value, annotation):
         return value
     raise ConfigError(f"{key} must be of type {annotation}, got {raw!r}")
+
+
+def _as_float(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def check_ranges(sections: dict[str, Any]) -> None:
+    """Refuse a value outside its field's declared range, or a float that is not finite.
+
+    Runs on the resolved configuration (defaults, recipe and overrides together), before data is
+    loaded, so a bad setting costs a line, not an epoch.
+    """
+    for prefix, config in sections.items():
+        for f in dataclasses.fields(config):
+            value = getattr(config, f.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            key = f"{prefix}.{f.name}"
+            if not math.isfinite(value):
+                raise ConfigError(f"{key} must be a finite number, got {value}")
+            low, high = f.metadata.get("low"), f.metadata.get("high")
+            if low is not None and (value < low or (f.metadata.get("low_open") and value == low)):
+                bound = f"> {low}" if f.metadata.get("low_open") else f">= {low}"
+                raise ConfigError(f"{key} must be {bound}, got {value}")
+            if high is not None and value > high:
+                raise ConfigError(f"{key} must be <= {high}, got {value}")
 
 
 def describe(config_cls: type) -> list[tuple[str, str, str]]:

@@ -232,11 +232,14 @@ ERROR_CASES = {
     "bad type": (["--set", "train.epochs=two"], "train.epochs must be an integer, got 'two'"),
     "bad choice": (["--set", "train.optimizer=rmsprop"], "train.optimizer must be one of adam, sgd"),
     "no equals": (["--set", "train.epochs"], "--set expects key=value"),
-    "zero epochs": (["--set", "train.epochs=0"], "train.epochs and train.batch_size must be at least 1"),
+    "zero epochs": (["--set", "train.epochs=0"], "train.epochs must be >= 1, got 0"),
     "bad device": (["--device", "tpu"], "--device must be auto, cpu or cuda"),
     "missing data": (["--data-dir", "{empty}"], "MNIST not found in {empty}/mnist"),
     "no method": (["--method", None], "run needs --method and --task"),
-    "unknown resume": (["--resume", "0123abcd"], "no checkpoint for run 0123abcd"),
+    "unknown resume": (
+        ["--resume", "0123abcd", "--method", None, "--task", None],
+        "no checkpoint for run 0123abcd",
+    ),
 }
 
 

@@ -33,7 +33,7 @@ def client_for(uri: str) -> Any:
 
 def exported_model(client: Any, run_id: str, tmp: Path) -> dict[str, Any]:
     local = client.download_artifacts(run_id, "model/model.pt", str(tmp / run_id))
-    return torch.load(local, weights_only=False)
+    return torch.load(local, weights_only=True)
 
 
 def assert_same_model(a: dict[str, Any], b: dict[str, Any]) -> None:
@@ -120,7 +120,7 @@ def test_stop_then_resume_equals_an_uninterrupted_run(
     paused_run = client.get_run(run_id)
     assert paused_run.info.status == "KILLED" and paused_run.data.tags["state"] == "paused"
     assert steps_of(client, run_id, "val_metric") == [1]
-    assert torch.load(checkpoint.checkpoint_path(run_id), weights_only=False)["epoch"] == 1
+    assert torch.load(checkpoint.checkpoint_path(run_id), weights_only=True)["epoch"] == 1
 
     resumed = run_cli("run", "--resume", run_id[:8], *common)  # the short id that tables print
     assert resumed.code == 0, resumed.err
@@ -165,7 +165,7 @@ def test_diverged_loss_fails_the_run_and_keeps_the_checkpoint(
     assert run.info.status == "FAILED"
     assert run.data.tags["failure"] == "loss diverged"
     assert steps_of(client_for(quick_tracking_uri), run_id, "val_metric") == [1]
-    saved = torch.load(checkpoint.checkpoint_path(run_id), weights_only=False)
+    saved = torch.load(checkpoint.checkpoint_path(run_id), weights_only=True)
     assert saved["epoch"] == 1 and saved["step"] == STEPS_PER_EPOCH
     assert all(torch.isfinite(v).all() for v in saved["model"].values())  # the last good weights
 
@@ -192,7 +192,7 @@ def test_ctrl_c_kills_the_run_keeps_the_checkpoint_and_resumes(
     run = client.get_run(run_id)
     assert run.info.status == "KILLED" and run.data.tags["state"] == "interrupted"
     assert steps_of(client, run_id, "val_metric") == [1]
-    assert torch.load(checkpoint.checkpoint_path(run_id), weights_only=False)["epoch"] == 1
+    assert torch.load(checkpoint.checkpoint_path(run_id), weights_only=True)["epoch"] == 1
 
     # The half-done epoch 2 is thrown away and redone from the checkpoint, so nothing of it leaks.
     resumed = run_cli("run", "--resume", run_id[:8], *common)  # the short id that tables print
@@ -264,10 +264,15 @@ def test_resuming_a_finished_run_is_refused(
     temporary_method("test_ctrl_c", CtrlC)
     CtrlC.at = None
     common = ["--data-dir", mnist_dir, "--tracking-uri", quick_tracking_uri, "--no-progress"]
-    done = run_cli("run", "--method", "test_ctrl_c", "--task", "lenet300_100", "--set", "train.epochs=1",
-                   "--set", "train.val_size=200", *common)  # fmt: skip
+    settings = ["--set", "train.epochs=1", "--set", "train.val_size=200"]
+    done = run_cli("run", "--method", "test_ctrl_c", "--task", "lenet300_100", *settings, *common)
     assert done.code == 0
     run_id = run_id_in(done.err)
+    again = run_cli("run", "--resume", run_id, *common)  # its checkpoint went when it finished
+    assert again.code == 2 and "only when started with --keep-checkpoint" in again.err
+    kept = run_cli("run", "--method", "test_ctrl_c", "--task", "lenet300_100", *settings, *common,
+                   "--keep-checkpoint")  # fmt: skip
+    run_id = run_id_in(kept.err)
     again = run_cli("run", "--resume", run_id, *common)
     assert len(client_for(quick_tracking_uri).get_metric_history(run_id, "test_metric")) == 1
     assert again.code == 2 and "already finished" in again.err
@@ -334,7 +339,7 @@ def test_a_channels_last_conv_run_resumes_to_the_same_weights(
     client = client_for(quick_tracking_uri)
     paused = run_cli("run", *train, *common, "--stop-after", "1")
     run_id = run_id_in(paused.err)
-    state = torch.load(checkpoint.checkpoint_path(run_id), weights_only=False)
+    state = torch.load(checkpoint.checkpoint_path(run_id), weights_only=True)
     assert state["model"]["conv2.weight"].is_contiguous(memory_format=torch.channels_last)
     assert run_cli("run", "--resume", run_id, *common).code == 0
     full = run_cli("run", *train, *common)
@@ -365,7 +370,7 @@ def test_refinish_repeats_the_end_of_a_run_as_a_new_run_that_reports_show_instea
 
     common = ["--data-dir", mnist_dir, "--tracking-uri", quick_tracking_uri, "--no-progress"]
     train = ["--method", "group_nj", "--task", "lenet300_100", "--set", "train.epochs=2",
-             "--set", "train.val_size=200", "--tag", "study=t"]  # fmt: skip
+             "--set", "train.val_size=200", "--tag", "study=t", "--keep-checkpoint"]  # fmt: skip
     first = run_cli("run", *train, *common)
     assert first.code == 0, first.err
     source = run_id_in(first.err)

@@ -64,6 +64,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="MLflow tag on the run, e.g. study=table1 (repeatable; reports select by tag)",
     )
     p.add_argument("--stop-after", type=int, metavar="EPOCHS", help="stop resumably after this many epochs")
+    p.add_argument(
+        "--keep-checkpoint",
+        action="store_true",
+        help="keep the last checkpoint when the run finishes (needed by a later --refinish)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(handler=handle)
@@ -80,6 +85,10 @@ def handle(args: argparse.Namespace) -> int:
     overrides = dict(parse_assignment(text) for text in args.overrides)
     if (args.resume or args.refinish) and overrides:
         raise ConfigError("--set cannot change a resumed or re-finished run; start a new run instead")
+    if args.resume and (args.method or args.task or args.init_from):
+        raise ConfigError("--resume RUN continues the run's own method, task and config; give it alone")
+    if args.stop_after is not None and args.stop_after < 1:
+        raise ConfigError(f"--stop-after must be at least 1 epoch, got {args.stop_after}")
     with _sigterm_as_interrupt():
         result = _train(args, overrides)
     if result.status != "FINISHED":
@@ -100,18 +109,17 @@ def handle(args: argparse.Namespace) -> int:
         cols = ["layer", "shape", "weights", "nonzeros", "sparsity", "out_units_removed", "in_units_removed"]
         print(result.table[cols].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
         print(result.row)
-    print(
-        f"MLflow run {result.run_id}; open it with: mlflow ui --backend-store-uri "
-        f"{args.tracking_uri or _default_uri()}",
-        file=sys.stderr,
-    )
+    print(f"MLflow run {result.run_id}; open it with: {_ui_hint(args.tracking_uri)}", file=sys.stderr)
     return 0
 
 
-def _default_uri() -> str:
-    from sparsebench.tracking import default_tracking_uri
+def _ui_hint(tracking_uri: str | None) -> str:
+    """The ``mlflow ui`` command for the store, shell-quoted, with any password masked."""
+    import shlex
 
-    return default_tracking_uri()
+    from sparsebench.tracking import default_tracking_uri, mask_uri
+
+    return f"mlflow ui --backend-store-uri {shlex.quote(mask_uri(tracking_uri or default_tracking_uri()))}"
 
 
 def _train(args: argparse.Namespace, overrides: dict[str, Any]) -> Any:
@@ -132,7 +140,8 @@ def _train(args: argparse.Namespace, overrides: dict[str, Any]) -> Any:
         init_from=args.init_from,
         stop_after=args.stop_after,
         progress=not args.no_progress,
-        tags=dict(parse_assignment(text, "--tag") for text in args.tags),
+        tags=dict(parse_assignment(text, "--tag", example="study=table1") for text in args.tags),
+        keep_checkpoint=args.keep_checkpoint,
     )
     return refinish(request, args.refinish) if args.refinish else train(request)
 

@@ -10,6 +10,8 @@ from collections.abc import Iterator
 
 import torch
 
+from sparsebench.errors import ConfigError
+
 
 class TensorBatches:
     def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -48,7 +50,10 @@ def split_off_validation(
     validated on the same examples, which is what makes their validation errors comparable.
     """
     if not 0 < val_size < len(x):
-        raise ValueError(f"val_size must be between 1 and {len(x) - 1}, got {val_size}")
+        raise ConfigError(
+            f"train.val_size must be between 1 and {len(x) - 1} (the training split's size less one), "
+            f"got {val_size}"
+        )
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed)).to(x.device)
     val_idx, train_idx = order[:val_size], order[val_size:]
     return TensorBatches(x[train_idx], y[train_idx]), TensorBatches(x[val_idx], y[val_idx])

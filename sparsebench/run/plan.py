@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from sparsebench.config import TrainConfig, apply_overrides, flatten
+from sparsebench.config import TrainConfig, apply_overrides, check_ranges, flatten
 from sparsebench.errors import ConfigError
 from sparsebench.method import SparsityMethod
 from sparsebench.registry import METHODS, TASKS
@@ -32,6 +32,8 @@ class RunRequest:
     init_from: str | None = None
     stop_after: int | None = None
     """Stop (resumably) once this many epochs are done; the run can be continued with --resume."""
+    keep_checkpoint: bool = False
+    """Keep the last checkpoint after the run finishes (``--refinish`` needs it)."""
     progress: bool = True
     parent_run_id: str | None = None
     run_name: str | None = None
@@ -82,8 +84,7 @@ def plan_run(task_name: str, method_name: str, overrides: dict[str, Any]) -> Pla
     apply_overrides(plugin_sections, early)
     plan = Plan(task, method, method.adjust_recipe(task.name, task.default_recipe(method_cls.name)))
     apply_overrides(plan.sections, {k: v for k, v in overrides.items() if k not in early})
-    if plan.train.epochs < 1 or plan.train.batch_size < 1:
-        raise ConfigError("train.epochs and train.batch_size must be at least 1")
+    check_ranges(plan.sections)
     return plan
 
 
@@ -96,3 +97,12 @@ def resolve_device(name: str) -> torch.device:
     if name not in ("cpu",) and not name.startswith("cuda"):
         raise ConfigError(f"--device must be auto, cpu or cuda[:N], got {name!r}")
     return torch.device(name)
+
+
+def check_fits_data(cfg: TrainConfig, steps_per_epoch: int, num_train: int) -> None:
+    """A batch larger than the training split would give epochs of zero steps: refuse it up front."""
+    if steps_per_epoch < 1:
+        raise ConfigError(
+            f"train.batch_size {cfg.batch_size} is larger than the training split ({num_train} examples "
+            "after the validation split); lower train.batch_size or train.val_size"
+        )

@@ -16,7 +16,7 @@ from sparsebench.run import checkpoint
 from sparsebench.run.finish import finish
 from sparsebench.run.loop import place_model
 from sparsebench.run.plan import RunRequest, RunResult, plan_run, resolve_device
-from sparsebench.tracking import Tracker, environment
+from sparsebench.tracking import Tracker, default_tracking_uri, environment
 
 RUN_STATE_TAGS = frozenset({"row", "checkpoint", "device", "state", "failure", "refinished_from"})
 """Tags that describe how one run went, set by the runner; ``refinish`` does not inherit them."""
@@ -36,7 +36,9 @@ def refinish(request: RunRequest, source: str) -> RunResult:
     trained, tags = source, source_tags  # a re-finished run has no checkpoint: use its training run's
     while parent := tags.get("refinished_from"):
         trained, tags = parent, client.get_run(parent).data.tags
-    ckpt = checkpoint.load(trained)
+    ckpt = checkpoint.load(
+        trained, checkpoint.checkpoint_root(request.tracking_uri or default_tracking_uri())
+    )
     plan = plan_run(ckpt["task"], ckpt["method"], ckpt["config"])
     task, method, cfg = plan.task, plan.method, plan.train
     if ckpt["epoch"] < cfg.epochs:

@@ -6,10 +6,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,9 +29,9 @@ from sparsebench.run.loop import (
     place_model,
     train_epoch,
 )
-from sparsebench.run.plan import Plan, RunRequest, RunResult, plan_run, resolve_device
+from sparsebench.run.plan import Plan, RunRequest, RunResult, check_fits_data, plan_run, resolve_device
 from sparsebench.task import Splits
-from sparsebench.tracking import Tracker, environment
+from sparsebench.tracking import Tracker, default_tracking_uri, environment
 
 COMPILE_MIN_STEPS = 5000
 """Below this many steps, compiling (seconds per layer shape) costs more than it saves."""
@@ -47,6 +49,7 @@ class Session:
     start_epoch: int
     step: int
     progress: Any
+    ckpt_root: Path
 
     @property
     def cfg(self) -> Any:
@@ -54,8 +57,28 @@ class Session:
 
 
 def train(request: RunRequest) -> RunResult:
-    """Run one (task, method) training job end to end and log it to MLflow."""
-    session = open_session(with_full_run_ids(request))
+    """Run one (task, method) training job end to end and log it to MLflow.
+
+    The run's lock is held from before its checkpoint is read until it stops, so a second process
+    cannot train the same run; a finished run's checkpoint is deleted unless ``keep_checkpoint``.
+    """
+    root = checkpoint.checkpoint_root(request.tracking_uri or default_tracking_uri())
+    checkpoint.probe_writable(root, "checkpoint folder")
+    request = with_full_run_ids(request, root)
+    with contextlib.ExitStack() as held:
+        if request.resume:
+            held.enter_context(checkpoint.run_lock(request.resume, root))
+        session = open_session(request, root)
+        if not request.resume:
+            held.enter_context(checkpoint.run_lock(session.tracker.run_id, root))
+        result = train_session(session, request)
+    if result.status == "FINISHED" and not request.keep_checkpoint:
+        checkpoint.discard(result.run_id, root)
+    return result
+
+
+def train_session(session: Session, request: RunRequest) -> RunResult:
+    """The epochs of an opened run, then its finish; every way out leaves the run in a clear state."""
     cfg, tracker, epoch = session.cfg, session.tracker, session.start_epoch
     try:
         for epoch in range(session.start_epoch, cfg.epochs):
@@ -78,7 +101,7 @@ def train(request: RunRequest) -> RunResult:
         close_progress(session)
         tracker.set_tags({"state": "interrupted"})
         tracker.finish("KILLED")
-        print(f"\n{interrupted_message(tracker.run_id, epoch)}", file=sys.stderr)
+        print(f"\n{interrupted_message(tracker.run_id, epoch, session.ckpt_root)}", file=sys.stderr)
         return RunResult(tracker.run_id, "KILLED")
     except BaseException:
         close_progress(session)
@@ -114,7 +137,8 @@ def run_epoch(session: Session, epoch: int) -> float:
     }
     session.tracker.log_metrics(metrics, step=epoch + 1)
     checkpoint.save(
-        checkpoint.checkpoint_path(session.tracker.run_id), checkpoint_payload(session, epoch + 1)
+        checkpoint.checkpoint_path(session.tracker.run_id, session.ckpt_root),
+        checkpoint_payload(session, epoch + 1),
     )
     if session.progress is not None:
         session.progress.set_postfix_str(
@@ -139,9 +163,9 @@ def checkpoint_payload(session: Session, epochs_done: int) -> dict[str, Any]:
     }
 
 
-def interrupted_message(run_id: str, epoch: int) -> str:
+def interrupted_message(run_id: str, epoch: int, root: Path) -> str:
     """What Ctrl-C kept: the last finished epoch's checkpoint, or nothing before the first one ends."""
-    if checkpoint.checkpoint_path(run_id).is_file():
+    if checkpoint.checkpoint_path(run_id, root).is_file():
         return (
             f"interrupted in epoch {epoch + 1}; checkpoint of the last finished epoch kept, continue with: "
             f"sparsebench run --resume {run_id}"
@@ -162,9 +186,9 @@ def pause(session: Session, epoch: int) -> RunResult:
     return RunResult(tracker.run_id, "PAUSED")
 
 
-def open_session(request: RunRequest) -> Session:
+def open_session(request: RunRequest, root: Path) -> Session:
     """Plan the run, load its data, build (or restore) model and optimiser, and open its tracking run."""
-    ckpt = checkpoint.load(request.resume) if request.resume else None
+    ckpt = checkpoint.load(request.resume, root) if request.resume else None
     if ckpt is not None:
         plan = plan_run(ckpt["task"], ckpt["method"], ckpt["config"])
     else:
@@ -182,6 +206,7 @@ def open_session(request: RunRequest) -> Session:
         raise ConfigError(f"{method.name} does not apply to {task.name}: {reason}")
     model = place_model(method.convert(model), device)
     steps_per_epoch = splits.train.num_batches(cfg.batch_size, drop_last=True)
+    check_fits_data(cfg, steps_per_epoch, splits.train.num_examples)
     trainer = Trainer(
         task,
         method,
@@ -199,16 +224,16 @@ def open_session(request: RunRequest) -> Session:
         trainer.optimizer.load_state_dict(ckpt["optimizer"])
         checkpoint.restore_rng(ckpt["rng"], generator)
         start_epoch, step = ckpt["epoch"], ckpt["step"]
-    tracker = open_tracker(request, plan, device, resumed=ckpt is not None)
+    tracker = open_tracker(request, plan, device, root, resumed=ckpt is not None)
     if cfg.compile == "always" or (
         cfg.compile == "auto" and cfg.epochs * steps_per_epoch >= COMPILE_MIN_STEPS
     ):
         method.enable_compile(model)
     progress = _progress(request.progress, cfg.epochs * steps_per_epoch, step, f"{task.name} {method.name}")
-    return Session(plan, trainer, splits, tracker, generator, start_epoch, step, progress)
+    return Session(plan, trainer, splits, tracker, generator, start_epoch, step, progress, root)
 
 
-def open_tracker(request: RunRequest, plan: Plan, device: torch.device, resumed: bool) -> Tracker:
+def open_tracker(request: RunRequest, plan: Plan, device: torch.device, root: Path, resumed: bool) -> Tracker:
     """Re-open the run being resumed, or start a new one with its full configuration as params."""
     if resumed:
         tracker = Tracker.open(request.tracking_uri, request.experiment, run_id=request.resume, resume=True)
@@ -223,7 +248,7 @@ def open_tracker(request: RunRequest, plan: Plan, device: torch.device, resumed:
         )
         tracker.log_params(plan.flat_config())
         tracker.set_tags({**environment(), "device": str(device), "init_from": request.init_from or ""})
-    tracker.set_tags({"checkpoint": str(checkpoint.checkpoint_path(tracker.run_id).absolute())})
+    tracker.set_tags({"checkpoint": str(checkpoint.checkpoint_path(tracker.run_id, root).absolute())})
     return tracker
 
 
@@ -236,7 +261,7 @@ def load_init(model: torch.nn.Module, run_id: str, tracking_uri: str | None) -> 
         local = client.download_artifacts(run_id, "model/model.pt", tempfile.mkdtemp())
     except Exception as exc:
         raise RunNotFoundError(f"--init-from {run_id}: no exported model in that run ({exc})") from exc
-    state = torch.load(local, map_location="cpu", weights_only=False)["state_dict"]
+    state = load_exported(local, f"--init-from {run_id}")
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
@@ -245,10 +270,23 @@ def load_init(model: torch.nn.Module, run_id: str, tracking_uri: str | None) -> 
         ) from exc
 
 
-def with_full_run_ids(request: RunRequest) -> RunRequest:
+def load_exported(path: str | Path, what: str) -> dict[str, torch.Tensor]:
+    """The state dict of an exported ``model.pt``, loaded without running code from the file."""
+    import pickle
+    import zipfile
+
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        return payload["state_dict"]
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, KeyError, TypeError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise ConfigError(f"{what}: its model.pt cannot be loaded safely ({reason})") from None
+
+
+def with_full_run_ids(request: RunRequest, root: Path) -> RunRequest:
     """``--resume`` and ``--init-from`` accept the short ids that tables and logs print."""
     if request.resume:
-        request = replace(request, resume=checkpoint.full_run_id(request.resume))
+        request = replace(request, resume=checkpoint.full_run_id(request.resume, root))
     if request.init_from:
         from sparsebench.tracking import make_client, resolve_run_id
 

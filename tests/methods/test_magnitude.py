@@ -312,7 +312,7 @@ def test_resumed_run_keeps_masks_and_ends_identical(mnist_dir: Path, tracking_ur
     # 1000 training examples / batch 100 = 10 steps per epoch; 4 epochs: updates after 4, 14, 24 steps.
     overrides = {"train.epochs": 4, "train.val_size": 200, "method.sparsity": 0.8, "train.threads": 1}
     common = dict(task="lenet300_100", method="magnitude", data_dir=str(mnist_dir), tracking_uri=tracking_uri)
-    full = train(RunRequest(**common, overrides=overrides, progress=False))
+    full = train(RunRequest(**common, overrides=overrides, progress=False, keep_checkpoint=True))
     paused = train(RunRequest(**common, overrides=overrides, progress=False, stop_after=2))
     assert paused.status == "PAUSED"
     masks_at_pause = {k: v for k, v in checkpoint.load(paused.run_id)["model"].items() if k.endswith("mask")}
@@ -325,6 +325,7 @@ def test_resumed_run_keeps_masks_and_ends_identical(mnist_dir: Path, tracking_ur
             data_dir=str(mnist_dir),
             resume=paused.run_id,
             progress=False,
+            keep_checkpoint=True,
         )
     )
     a = checkpoint.load(full.run_id)["model"]
