@@ -182,24 +182,33 @@ RUN_ADVICE = ("sparsebench run --resume", "interrupted in epoch")
 
 
 class _WithoutRunAdvice:
-    """A stderr that passes every line through except the runner's advice on continuing a run."""
+    """A stderr that passes every line through except the runner's advice on continuing a run (and
+    the blank lines before it)."""
 
     def __init__(self, target: TextIO) -> None:
         self.target = target
         self.pending = ""
+        self.blank = 0
 
     def write(self, text: str) -> int:
         self.pending += text
         *lines, self.pending = self.pending.split("\n")
         for line in lines:
-            if not any(advice in line for advice in RUN_ADVICE):
-                self.target.write(line + "\n")
+            if not line.strip():
+                self.blank += 1
+            elif any(advice in line for advice in RUN_ADVICE):
+                self.blank = 0
+            else:
+                self.target.write("\n" * self.blank + line + "\n")
+                self.blank = 0
         return len(text)
 
     def flush(self) -> None:
         if self.pending and not any(advice in self.pending for advice in RUN_ADVICE):
-            self.target.write(self.pending)
-        self.pending = ""
+            self.target.write("\n" * self.blank + self.pending)
+        elif self.blank:
+            self.target.write("\n" * self.blank)
+        self.pending, self.blank = "", 0
         self.target.flush()
 
     def __getattr__(self, name: str) -> Any:

@@ -158,10 +158,15 @@ class _TrialFailureLog(logging.Filter):
     def __init__(self, expected: tuple[type[BaseException], ...]) -> None:
         super().__init__()
         self.expected = expected
+        self.interrupted: set[str] = set()
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
+        message = record.getMessage()
         if isinstance(error, KeyboardInterrupt):
+            self.interrupted.add(message.split(" failed", 1)[0])  # "Trial 3"
+            return False
+        if message.split(" failed with value", 1)[0] in self.interrupted:  # optuna's second line
             return False
         if isinstance(error, self.expected):
             record.exc_info, record.exc_text = None, None

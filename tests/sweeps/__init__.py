@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import signal
 import subprocess
@@ -128,3 +129,20 @@ def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> str:
     uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
     make_client(uri).search_experiments()
     return uri
+
+
+@pytest.fixture()
+def optuna_log() -> Any:
+    """Every line optuna logs during the test, tracebacks included (optuna's own handler writes to the
+    stderr of the moment it was created, which ``sweep_cli`` cannot capture)."""
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(self.format(record))
+
+    handler = Collect()
+    logger = logging.getLogger("optuna")
+    logger.addHandler(handler)
+    yield lines
+    logger.removeHandler(handler)

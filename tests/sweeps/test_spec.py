@@ -80,6 +80,27 @@ BASE = "task: lenet300_100\nmethod: sparse_vd\nn_trials: 3\n"
             "enqueue: [{method.threshold: 3.0}]\n",
             "enqueue[0].method.threshold = 3.0 lies outside",
         ),
+        # Non-finite values pass the config's types, then every trial crashes (and is re-queued).
+        (BASE + "fixed: {train.lr: .nan}\n", "fixed.train.lr must be a finite number, got nan"),
+        (BASE + "fixed: {method.threshold: -.inf}\n", "fixed.method.threshold must be a finite number"),
+        (BASE + "fixed: {train.lr: 'inf'}\n", "fixed.train.lr must be a finite number, got 'inf'"),
+        (
+            BASE + "space:\n  method.threshold: {type: float, low: 1, high: 4}\n"
+            "enqueue: [{method.threshold: .nan}]\n",
+            "enqueue[0].method.threshold must be a finite number",
+        ),
+        (
+            BASE + "space:\n  method.threshold: [1.0, .nan]\n",
+            "space.method.threshold.choices[1] must be a finite",
+        ),
+        (BASE + "space:\n  method.threshold: {type: float, low: 1, high: .inf}\n", "high must be a finite"),
+        (BASE + "sampler: {name: tpe, seed: .nan}\n", "sampler.seed must be a finite number"),
+        (BASE + "budget: {timeout: .inf}\n", "budget.timeout must be a finite number"),
+        (BASE + "budget: {timeout: -5}\n", "budget.timeout must be greater than 0"),
+        (BASE + "budget: {epochs: 0}\n", "budget.epochs must be at least 1"),
+        (BASE + "seeds: [-1]\n", "seeds[0] must be at least 0"),
+        (BASE + "heartbeat: {max_retry: -1}\n", "heartbeat.max_retry must be at least 0"),
+        (BASE + "n_trials: true\n", "n_trials must be a number"),
     ],
 )
 def test_a_bad_spec_is_a_one_line_error_naming_the_key(
@@ -107,6 +128,8 @@ def test_an_unknown_method_suggests_the_close_name(tmp_path: Path) -> None:
 
 def test_command_line_mistakes_exit_with_code_2(tmp_path: Path) -> None:
     assert "dense declares no search space" in sweep_cli("--method", "dense", "--task", "lenet5").err
+    nan = sweep_cli("--method", "sparse_vd", "--task", "lenet5", "--set", "train.lr=nan")
+    assert nan.code == 2 and "fixed.train.lr must be a finite number, got 'nan'" in nan.err
     assert "not found" in sweep_cli(tmp_path / "missing.yaml").err
     assert sweep_cli("--method", "sparse_vd").code == 2  # --task missing
     assert (
@@ -239,3 +262,45 @@ def test_spec_dataclasses_are_frozen() -> None:
         spec.n_trials = 5  # type: ignore[misc]
     with pytest.raises(ConfigError):
         spec_from_dict(yaml.safe_load(BASE + "storage: ''\n"))
+
+
+def test_a_shipped_spec_is_addressed_by_name_from_any_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no sweeps/ folder here, as for a user of the wheel
+    assert load_spec("sparse_vd_lenet300_100") == load_spec(SWEEPS / "sparse_vd_lenet300_100.yaml")
+    assert load_spec("sparse_vd_lenet300_100.yaml").study == "sparse_vd-lenet300_100"
+    storage = tmp_path / "none.log"
+    result = sweep_cli("status", "sparse_vd_lenet300_100", "--storage", storage)
+    assert result.code == 2 and "no sweep has run" in result.err  # the name resolved to a spec
+    shown = sweep_cli("sparse_vd_lenet5", "--show")
+    assert shown.code == 0 and shown.out == (SWEEPS / "sparse_vd_lenet5.yaml").read_text()
+
+
+def test_a_file_of_the_same_name_wins_over_the_shipped_spec(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dense_lenet5").write_text(BASE)
+    assert load_spec("dense_lenet5").method == "sparse_vd"
+
+
+def test_list_shows_every_shipped_spec_and_errors_point_to_it(tmp_path: Path) -> None:
+    listed = sweep_cli("--list")
+    assert listed.code == 0
+    names = [line.split()[0] for line in listed.out.splitlines()[1:] if line and not line.startswith("run ")]
+    assert names == [p.stem for p in SHIPPED]
+    assert "Sparse VD: KL weight" in listed.out
+    as_json = yaml.safe_load(sweep_cli("--list", "--json").out)
+    assert {e["name"]: (e["task"], e["method"]) for e in as_json}["group_nj_lenet5"] == ("lenet5", "group_nj")
+
+    typo = sweep_cli("sparse_vd_lenet5_")  # a name, misspelt: the close name and the list
+    assert typo.code == 2 and "`sparsebench sweep sparse_vd_lenet5`" in typo.err
+    assert "`sparsebench sweep --list`" in typo.err
+    missing = sweep_cli(tmp_path / "missing.yaml")
+    assert "not found" in missing.err and "`sparsebench sweep --list`" in missing.err
+    nothing = sweep_cli()
+    assert nothing.code == 2 and "`sparsebench sweep --list`" in nothing.err
+    # A method without a search space is sent to its shipped spec, by the name --list shows.
+    no_space = sweep_cli("--method", "dense", "--task", "lenet5").err
+    assert "dense_lenet5" in no_space and "dense_lenet5" in names and "sweeps/" not in no_space

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import statistics
+import sys
 from pathlib import Path
 
 import optuna
@@ -13,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from sparsebench.run.plan import RunResult
-from sparsebench.sweep import objective
+from sparsebench.sweep import objective, workers
 from sparsebench.sweep.objective import TrialObjective
 from sparsebench.sweep.runs import SweepEnv
 from sparsebench.sweep.spec import spec_from_dict
@@ -24,6 +26,7 @@ from tests.sweeps import (
     load_study,
     mlflow_runs,
     mlflow_store,  # noqa: F401 - a fixture
+    optuna_log,  # noqa: F401 - a fixture
     sweep_cli,
     worker_process,
     write_spec,
@@ -81,6 +84,7 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_study_completes(
     tmp_path: Path,
     mnist_dir: Path,
     mlflow_store: str,  # noqa: F811
+    optuna_log: list[str],  # noqa: F811
 ) -> None:
     storage = str(tmp_path / "journal.log")
     spec = write_spec(
@@ -93,6 +97,8 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_study_completes(
     )
     result = sweep_cli(*_args(spec, mnist_dir, mlflow_store, "nan"))
     assert result.code == 0, result.err
+    (logged,) = [line for line in optuna_log if "Trial 0 failed with parameters" in line]
+    assert "loss became nan" in logged and "Traceback" not in logged  # a result, stated in one line
     trials = load_study(storage, "dense-lenet300_100").trials
     assert len(trials) == 3 and trials[0].params["train.lr"] == 1e6
     for trial in trials:  # a trial fails exactly when its learning rate is absurd
@@ -187,6 +193,77 @@ def test_ctrl_c_stops_the_sweep_and_a_rerun_replaces_the_interrupted_trial(
     assert sweep_cli(*args).code == 0  # the interrupted trial does not use up the budget
     trials = load_study(storage, "dense-lenet300_100").trials
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+
+
+def test_ctrl_c_in_a_trial_says_what_was_kept_and_how_to_continue_the_sweep(
+    tmp_path: Path,
+    mnist_dir: Path,
+    mlflow_store: str,  # noqa: F811
+    optuna_log: list[str],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    storage = str(tmp_path / "journal.log")
+    spec = write_spec(tmp_path, storage=storage, n_trials=2, budget={"epochs": 2})
+    args = [*_args(spec, mnist_dir, mlflow_store, "ctrl-c"), "--set", "train.threads=1"]
+    assert sweep_cli(*args, "--n-trials", "1").code == 0  # one trial done before the interruption
+
+    def ctrl_c_after_epoch_1(trial: optuna.Trial) -> object:
+        def report(epoch: int, val_metric: float) -> None:
+            raise KeyboardInterrupt  # as if Ctrl-C came right after the first checkpoint
+
+        return report
+
+    with monkeypatch.context() as patch:
+        patch.setattr(objective, "_reporter", ctrl_c_after_epoch_1)
+        result = sweep_cli(*args)
+    assert result.code == 130
+    assert "run --resume" not in result.err  # the trial's run continued alone would not report back
+    assert not any("KeyboardInterrupt" in line or "Traceback" in line for line in optuna_log)
+    assert "1 of 2 trials finished (1 complete, 0 pruned, 0 diverged) and are kept in study " in result.err
+    (interrupted,) = [t for t in load_study(storage, "dense-lenet300_100").trials if t.number == 1]
+    assert interrupted.state == TrialState.FAIL and interrupted.user_attrs["interrupted"]
+    (run,) = mlflow_runs(mlflow_store, "ctrl-c", "tags.`sweep.trial` = '1'")
+    assert run.info.status == "KILLED"
+
+    command = result.err.rsplit("Continue the sweep with: ", 1)[1].strip()
+    words = shlex.split(command)
+    assert words[:3] == ["sparsebench", "sweep", str(spec)] and words[3:] == [str(a) for a in args[1:]]
+    assert sweep_cli(*words[2:]).code == 0  # the command it gives finishes the sweep
+    trials = load_study(storage, "dense-lenet300_100").trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+
+
+def test_a_worker_killed_by_a_signal_fails_the_sweep(
+    tmp_path: Path,
+    mnist_dir: Path,
+    mlflow_store: str,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    storage = str(tmp_path / "journal.log")
+    spec = write_spec(tmp_path, storage=storage, n_trials=1)
+    real_command = workers.worker_command
+
+    def second_worker_killed(spec_path: Path, env: object, index: int) -> list[str]:
+        if index == 1:  # e.g. the kernel's OOM killer
+            return [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"]
+        return real_command(spec_path, env, index)
+
+    monkeypatch.setattr(workers, "worker_command", second_worker_killed)
+    args = [*_args(spec, mnist_dir, mlflow_store, "killed-worker"), "--workers", "2", "--device", "cpu"]
+    result = sweep_cli(*args)
+    assert result.code == 128 + 9, result.err  # as a shell reports a command killed by SIGKILL
+    assert "worker 1 was killed by SIGKILL" in result.err
+    assert [t.state for t in load_study(storage, "dense-lenet300_100").trials] == [TrialState.COMPLETE]
+
+
+def test_exit_status_ranks_a_signal_above_success() -> None:
+    assert workers.exit_status([]) == 0 and workers.exit_status([0, 0]) == 0
+    assert workers.exit_status([0, -9]) == 137 and workers.exit_status([-15, 2]) == 143
+    assert workers.exit_status([0, 2]) == 2
+    assert workers.worker_problems([0, -9, 3]) == [
+        "worker 1 was killed by SIGKILL",
+        "worker 2 exited with code 3",
+    ]
 
 
 def test_two_workers_share_one_study(
