@@ -15,8 +15,8 @@ from sparsebench.data.ptb import EOS, TokenBatches, build_vocabulary, load_ptb, 
 from sparsebench.errors import DataError
 from sparsebench.measure.counts import WEIGHT_LAYERS, weight_tensors
 from sparsebench.registry import METHODS
-from sparsebench.run.plan import RunRequest
 from sparsebench.run.loop import evaluate, lr_factor
+from sparsebench.run.plan import RunRequest
 from sparsebench.run.train import train
 from sparsebench.tasks.ptb_lstm import PtbLstm, PtbLstmConfig, WordLanguageModel
 from sparsebench.testing import check_method_conformance
