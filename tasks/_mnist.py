@@ -14,6 +14,7 @@ from sparsebench.task import Splits, Task
 ARS = "Molchanov et al. 2017, ars README table (ars-ashuha/variational-dropout-sparsifies-dnn)"
 BC = "Louizos et al. 2017, bc README table (KarenUllrich/Tutorial_BayesianCompressionForDL)"
 
+
 class MnistTask(Task):
     """MNIST scaled by 1/256 minus the training mean image (ars ``data/reader.py``)."""
 
