@@ -88,6 +88,17 @@ def _pair(flag: str, text: str) -> tuple[str, str]:
 
 def handle(args: argparse.Namespace) -> int:
     """Make the report; Ctrl-C stops it with one line and exit 130 (files may be half written)."""
+    try:
+        return _report(args)
+    except KeyboardInterrupt:
+        print(
+            "sparsebench report: interrupted; the report folder may be incomplete: run the command again",
+            file=sys.stderr,
+        )
+        return 130
+
+
+def _report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from sparsebench.report.build import DEFAULT_LEVELS, ReportRequest, check_name, make_report
@@ -115,14 +126,7 @@ def handle(args: argparse.Namespace) -> int:
         log_to_mlflow=not args.no_mlflow,
         command=" ".join(shlex.quote(f) for f in flags),
     )
-    try:
-        result = make_report(request)
-    except KeyboardInterrupt:
-        print(
-            f"sparsebench report: interrupted; {out} may hold a partial report: run the command again",
-            file=sys.stderr,
-        )
-        return 130
+    result = make_report(request)
     for task, table in result.summaries.items():
         print(f"## {task}\n\n{table}\n")
     print(

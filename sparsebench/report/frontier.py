@@ -37,20 +37,26 @@ class Point:
     colour: Colour
     xerr: float = 0.0
     yerr: float = 0.0
+    method: str = ""
+    """Our method's name; empty for a quoted paper number."""
 
 
 def error_axis_top(points: Sequence[Point], percent: bool) -> float:
-    """Top of the error axis: room for every point within ``OUTLIER_FACTOR`` x the best error, bars too.
+    """Top of the error axis: room for every point that is not an outlier, with its error bar.
 
-    The best error is the lowest positive one; points above the factor are outliers (marked on the
-    edge by ``mark_outliers``). A quarter of headroom keeps the labels of the highest points inside.
-    A metric in percent never needs more than 100.
+    A point is shown when its error is at most ``OUTLIER_FACTOR`` x the best (lowest positive) error
+    of the figure, or when it is its method's best point: each of our methods keeps at least its
+    best setting in view, even when all of them are far from the papers (a short trial run).
+    Points above are outliers, marked on the edge by ``mark_outliers``. A quarter of headroom keeps
+    the labels of the highest points inside; a metric in percent never needs more than 100.
     """
     ys = [p for p in points if math.isfinite(p.y)]
     if not ys:
         return 1.0
     positive = [p.y for p in ys if p.y > 0]
     cap = OUTLIER_FACTOR * min(positive) if positive else math.inf
+    for method in {p.method for p in ys if p.method}:
+        cap = max(cap, min(p.y for p in ys if p.method == method))
     shown = [p.y + (p.yerr if math.isfinite(p.yerr) else 0.0) for p in ys if p.y <= cap]
     top = 1.25 * max(shown) if shown and max(shown) > 0 else 1.0
     return min(top, 100.0) if percent else top
@@ -116,6 +122,7 @@ def setting_points(mruns: pd.DataFrame, colours: Palette) -> list[Point]:
                 colours.of(str(sruns.method.iloc[0]), str(setting)),
                 float(sruns.compression.std(ddof=1)) if several else 0.0,
                 float(sruns.test.std(ddof=1)) if several else 0.0,
+                str(sruns.method.iloc[0]),
             )
         )
     return points

@@ -48,7 +48,7 @@ pre { background: #f3f3f3; padding: .6rem .8rem; overflow-x: auto; white-space: 
 }
 """
 
-PAGE = """{% macro css(cell) %}{% if cell.css %} class="{{ cell.css }}"{% endif %}{% endmacro -%}
+PAGE = """{% macro cls(cell) %}{% if cell.css %} class="{{ cell.css }}"{% endif %}{% endmacro -%}
 <!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title><style>{{ css }}</style></head>
 <body>
@@ -63,10 +63,10 @@ PAGE = """{% macro css(cell) %}{% if cell.css %} class="{{ cell.css }}"{% endif 
 <pre><code>{{ b.text }}</code></pre>
 {%- elif b.kind == "table" -%}
 <div class="table"><table><thead><tr>
-{%- for cell in b.table.head %}<th{{ css(cell) }}>{{ cell.text }}</th>{% endfor -%}
+{%- for cell in b.table.head %}<th{{ cls(cell) }}>{{ cell.text }}</th>{% endfor -%}
 </tr></thead><tbody>
 {%- for row in b.table.rows %}<tr{% if row.quoted %} class="quoted"{% endif %}>
-{%- for cell in row.cells %}<td{{ css(cell) }}>{{ cell.text | inline }}</td>{% endfor -%}
+{%- for cell in row.cells %}<td{{ cls(cell) }}>{{ cell.text | inline }}</td>{% endfor -%}
 </tr>{% endfor -%}
 </tbody></table></div>
 {%- elif b.kind == "figure" -%}

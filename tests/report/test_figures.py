@@ -54,6 +54,10 @@ def test_error_axis_top_rule() -> None:
     near = Point(10.0, 2.0 * OUTLIER_FACTOR, (0, 0, 0), yerr=0.5)
     far = Point(50.0, 2.0 * OUTLIER_FACTOR + 0.01, (0, 0, 0))
     assert error_axis_top([best, near, far], percent=True) == pytest.approx(1.25 * 10.5)
+    # Each of our methods keeps its best point in view, however far from the others it is.
+    ours = Point(1.2, 14.0, (0, 0, 0), yerr=2.0, method="sparse_vd")
+    worse = Point(1.5, 30.0, (0, 0, 0), method="sparse_vd")
+    assert error_axis_top([best, ours, worse], percent=True) == pytest.approx(1.25 * 16.0)
     assert error_axis_top([Point(1.0, 90.0, (0, 0, 0))], percent=True) == 100.0  # never past 100 %
     assert error_axis_top([Point(1.0, 0.0, (0, 0, 0))], percent=True) == 1.0  # all at zero error
 

@@ -107,6 +107,7 @@ def test_html_escapes_every_cell_and_keeps_the_marks(tmp_path: Path) -> None:
     blocks = [Block("h3", "Heading & more"), Block("table", table=table), Block("note", table.note)]
     page = render(blocks, "title <b>", tmp_path)
     assert "<script>" not in page and "&lt;script&gt;" in page
+    assert "table { border-collapse: collapse;" in page  # the stylesheet itself, unescaped
     assert "<h3>Heading &amp; more</h3>" in page and "<title>title &lt;b&gt;</title>" in page
     assert '<tr class="quoted">' in page and "<strong>1.0</strong>" in page and "<code>code</code>" in page
     assert markdown(blocks).count("|") > 6
