@@ -65,6 +65,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--stop-after", type=int, metavar="EPOCHS", help="stop resumably after this many epochs")
     p.add_argument(
+        "--record",
+        metavar="FILE",
+        help="also write the finished run's record (full config, versions, data checksums, metrics) as JSON",
+    )
+    p.add_argument(
         "--keep-checkpoint",
         action="store_true",
         help="keep the last checkpoint when the run finishes (needed by a later --refinish)",
@@ -142,6 +147,7 @@ def _train(args: argparse.Namespace, overrides: dict[str, Any]) -> Any:
         progress=not args.no_progress,
         tags=dict(parse_assignment(text, "--tag", example="study=table1") for text in args.tags),
         keep_checkpoint=args.keep_checkpoint,
+        record_path=args.record,
     )
     return refinish(request, args.refinish) if args.refinish else train(request)
 

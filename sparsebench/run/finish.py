@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +20,22 @@ from torch import nn
 from sparsebench.measure.counts import check_export, layer_table, paper_row, summarize
 from sparsebench.measure.precision import layer_weights, precision_report, round_model
 from sparsebench.measure.structured import structured_metrics
+from sparsebench.record import RECORD_NAME, EpochPoint, RunRecord, data_checksums, git_commit
+from sparsebench.record import versions as record_versions
 from sparsebench.run.loop import current_sparsity, evaluate
 from sparsebench.run.plan import Plan, RunResult
 from sparsebench.tracking import Tracker
 
 
-def finish(plan: Plan, model: nn.Module, splits: Any, tracker: Tracker, device: torch.device) -> RunResult:
-    """Export, count, score on the test set and log everything a table needs."""
+def finish(
+    plan: Plan,
+    model: nn.Module,
+    splits: Any,
+    tracker: Tracker,
+    device: torch.device,
+    source: RecordSource | None = None,
+) -> RunResult:
+    """Export, count, score on the test set, log everything a table needs and write the run record."""
     task, method, cfg = plan.task, plan.method, plan.train
     model.eval()
     calibration = method.calibrate(model, lambda m: evaluate(task, m, splits.val, cfg.eval_batch_size))
@@ -47,22 +57,96 @@ def finish(plan: Plan, model: nn.Module, splits: Any, tracker: Tracker, device: 
     final = {"final_val_metric": val, "test_metric": test, "peak_memory_mb": peak_memory_mb(device)}
     final.update(structured_metrics(exported, task.layer_order(exported)))
     final.update(precision_metrics(plan, model, exported, masks, splits))
-    tracker.log_metrics({**final, **summary.as_metrics()}, step=cfg.epochs)
-    log_artifacts(plan, model, exported, masks, table, splits, tracker, device)
+    metrics = {**final, **summary.as_metrics()}
+    tracker.log_metrics(metrics, step=cfg.epochs)
+    curve = threshold_curve(plan, model, splits, device)
+    log_artifacts(plan, exported, masks, table, curve, tracker)
+    source = source or RecordSource()
+    if not source.tags:
+        source.tags = user_tags(tracker.client.get_run(tracker.run_id).data.tags)
+    record = build_record(plan, tracker, metrics, table, curve, source)
+    tracker.log_text(record.to_json(), RECORD_NAME)
     tracker.set_tags({"row": row})
     tracker.finish("FINISHED")
-    return RunResult(tracker.run_id, "FINISHED", val, test, summary.as_metrics(), row, table)
+    return RunResult(tracker.run_id, "FINISHED", val, test, summary.as_metrics(), row, table, record)
+
+
+@dataclass
+class RecordSource:
+    """What the record says about where a run came from: its data folder and the user's tags."""
+
+    data_dir: Path | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def build_record(
+    plan: Plan,
+    tracker: Tracker,
+    metrics: dict[str, float],
+    table: pd.DataFrame,
+    curve: pd.DataFrame | None,
+    source: RecordSource,
+) -> RunRecord:
+    """The run record of a finished run: full configuration, versions, data, metrics, curves."""
+    points = epoch_points(tracker)
+    seconds = [p.seconds for p in points if p.seconds is not None]
+    return RunRecord(
+        run_id=tracker.run_id,
+        task=plan.task.name,
+        method=plan.method.name,
+        seed=plan.train.seed,
+        config=plan.flat_config(),
+        versions=record_versions(),
+        git_commit=git_commit(),
+        data=data_checksums(source.data_dir, plan.task.data_files) if source.data_dir else {},
+        metrics=metrics,
+        layers=json.loads(table.to_json(orient="records")),
+        threshold_curve=[] if curve is None else json.loads(curve.to_json(orient="records")),
+        curve_axis=plan.method.curve_axis if curve is not None else "",
+        epochs=points,
+        training_seconds=sum(seconds) if seconds else None,
+        tags=dict(source.tags),
+    )
+
+
+RUN_STATE_TAGS = frozenset({"row", "checkpoint", "device", "state", "failure", "refinished_from"})
+"""Tags that describe how one run went, set by the runner; records and ``refinish`` leave them out."""
+
+
+def user_tags(tags: dict[str, str]) -> dict[str, str]:
+    """The tags that say what a run is for (study=..., init_from): not MLflow's, the environment's
+    or how the run went."""
+    return {
+        key: value
+        for key, value in tags.items()
+        if not key.startswith(("mlflow.", "env.")) and key not in RUN_STATE_TAGS
+    }
+
+
+def epoch_points(tracker: Tracker) -> list[EpochPoint]:
+    """The per-epoch validation curve as logged (a resumed run's earlier epochs included)."""
+    history = {
+        key: {m.step: m.value for m in tracker.client.get_metric_history(tracker.run_id, key)}
+        for key in ("val_metric", "sparsity", "epoch_seconds")
+    }
+    return [
+        EpochPoint(
+            epoch=step,
+            val_metric=value,
+            sparsity=history["sparsity"].get(step),
+            seconds=history["epoch_seconds"].get(step),
+        )
+        for step, value in sorted(history["val_metric"].items())
+    ]
 
 
 def log_artifacts(
     plan: Plan,
-    model: nn.Module,
     exported: nn.Module,
     masks: dict[str, torch.Tensor],
     table: pd.DataFrame,
-    splits: Any,
+    curve: pd.DataFrame | None,
     tracker: Tracker,
-    device: torch.device,
 ) -> None:
     """Per-layer table, exported model, configuration and threshold curve as run artifacts."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -78,7 +162,6 @@ def log_artifacts(
         tracker.log_artifact(model_dir / "model.pt", "model")
         (tmpdir / "config.json").write_text(json.dumps(plan.flat_config(), indent=2))
         tracker.log_artifact(tmpdir / "config.json")
-        curve = threshold_curve(plan, model, splits, device)
         if curve is not None:
             curve.to_csv(tmpdir / "threshold_curve.csv", index=False)
             tracker.log_artifact(tmpdir / "threshold_curve.csv")
@@ -107,20 +190,26 @@ def precision_metrics(plan: Plan, model: nn.Module, exported: nn.Module, masks: 
 
 
 def threshold_curve(plan: Plan, model: nn.Module, splits: Any, device: torch.device) -> pd.DataFrame | None:
-    """Error vs compression of one trained model across pruning thresholds (a curve, not a point)."""
+    """Error vs compression of one trained model across pruning levels (a curve, not a point).
+
+    ``threshold`` holds the level and ``axis`` names what it is (the method's ``curve_axis``: an
+    absolute log alpha threshold for Sparse VD, a shift of every layer's threshold for the group
+    methods), so curves of different methods are never read on one meaning.
+    """
     task, method, cfg = plan.task, plan.method, plan.train
-    thresholds = list(method.curve_thresholds())
-    if not thresholds:
+    levels = list(method.curve_levels())
+    if not levels:
         return None
     rows = []
     example = task.example_input(device)
-    for t in thresholds:
-        masks = method.masks_at(model, t)
+    for level in levels:
+        masks = method.masks_at(model, level)
         exported = method.export(model, masks).eval()
         summary = summarize(exported, layer_table(exported, example, task.layer_order(exported)))
         rows.append(
             {
-                "threshold": t,
+                "threshold": level,
+                "axis": method.curve_axis,
                 "compression": summary.compression,
                 "nonzeros": summary.nonzeros,
                 "val_metric": evaluate(task, exported, splits.val, cfg.eval_batch_size),

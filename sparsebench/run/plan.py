@@ -34,6 +34,8 @@ class RunRequest:
     """Stop (resumably) once this many epochs are done; the run can be continued with --resume."""
     keep_checkpoint: bool = False
     """Keep the last checkpoint after the run finishes (``--refinish`` needs it)."""
+    record_path: str | None = None
+    """Also write the finished run's record (JSON) to this file."""
     progress: bool = True
     parent_run_id: str | None = None
     run_name: str | None = None
@@ -53,6 +55,8 @@ class RunResult:
     summary: dict[str, float] = field(default_factory=dict)
     row: str = ""
     table: Any = None
+    record: Any = None
+    """The run record (``sparsebench.record.RunRecord``) of a finished run."""
 
 
 @dataclass

@@ -13,13 +13,10 @@ import torch
 from sparsebench.data.paths import data_root
 from sparsebench.errors import ConfigError
 from sparsebench.run import checkpoint
-from sparsebench.run.finish import finish
+from sparsebench.run.finish import RecordSource, finish, user_tags
 from sparsebench.run.loop import place_model
 from sparsebench.run.plan import RunRequest, RunResult, plan_run, resolve_device
 from sparsebench.tracking import Tracker, default_tracking_uri, environment
-
-RUN_STATE_TAGS = frozenset({"row", "checkpoint", "device", "state", "failure", "refinished_from"})
-"""Tags that describe how one run went, set by the runner; ``refinish`` does not inherit them."""
 
 
 def refinish(request: RunRequest, source: str) -> RunResult:
@@ -53,11 +50,7 @@ def refinish(request: RunRequest, source: str) -> RunResult:
     torch.manual_seed(cfg.seed)
     model = place_model(method.convert(task.build_model()), device)
     model.load_state_dict(ckpt["model"])
-    inherited = {  # the user's tags (study=..., ...) and init_from; not what describes the old finish
-        key: value
-        for key, value in source_tags.items()
-        if not key.startswith(("mlflow.", "env.")) and key not in RUN_STATE_TAGS
-    }
+    inherited = user_tags(source_tags)  # study=..., init_from; not what describes the old finish
     tracker = Tracker.open(
         request.tracking_uri,
         request.experiment,
@@ -68,7 +61,7 @@ def refinish(request: RunRequest, source: str) -> RunResult:
     tracker.set_tags({**environment(), "device": str(device)})
     tracker.copy_curves(source)
     try:
-        return finish(plan, model, splits, tracker, device)
+        return finish(plan, model, splits, tracker, device, RecordSource(data_root(request.data_dir)))
     except BaseException:
         tracker.finish("FAILED")
         raise

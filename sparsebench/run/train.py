@@ -16,11 +16,12 @@ from typing import Any
 
 import torch
 
+from sparsebench import record
 from sparsebench.config import flatten
 from sparsebench.data.paths import data_root
 from sparsebench.errors import ConfigError, RunNotFoundError, TrainingDivergedError
 from sparsebench.run import checkpoint
-from sparsebench.run.finish import finish
+from sparsebench.run.finish import RecordSource, finish
 from sparsebench.run.loop import (
     Trainer,
     build_optimizer,
@@ -64,6 +65,8 @@ def train(request: RunRequest) -> RunResult:
     """
     root = checkpoint.checkpoint_root(request.tracking_uri or default_tracking_uri())
     checkpoint.probe_writable(root, "checkpoint folder")
+    if request.record_path is not None:
+        record.probe_target(Path(request.record_path))
     request = with_full_run_ids(request, root)
     with contextlib.ExitStack() as held:
         if request.resume:
@@ -72,8 +75,11 @@ def train(request: RunRequest) -> RunResult:
         if not request.resume:
             held.enter_context(checkpoint.run_lock(session.tracker.run_id, root))
         result = train_session(session, request)
-    if result.status == "FINISHED" and not request.keep_checkpoint:
-        checkpoint.discard(result.run_id, root)
+    if result.status == "FINISHED":
+        if request.record_path is not None:
+            record.write(result.record, Path(request.record_path))
+        if not request.keep_checkpoint:
+            checkpoint.discard(result.run_id, root)
     return result
 
 
@@ -88,7 +94,10 @@ def train_session(session: Session, request: RunRequest) -> RunResult:
             if request.stop_after is not None and request.stop_after <= epoch + 1 < cfg.epochs:
                 return pause(session, epoch)
         close_progress(session)
-        return finish(session.plan, session.trainer.model, session.splits, tracker, session.trainer.device)
+        source = RecordSource(data_root(request.data_dir))
+        return finish(
+            session.plan, session.trainer.model, session.splits, tracker, session.trainer.device, source
+        )
     except FloatingPointError as exc:
         close_progress(session)
         tracker.set_tags({"failure": "loss diverged"})
