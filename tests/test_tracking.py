@@ -8,17 +8,18 @@ from collections import Counter
 import pytest
 
 from sparsebench import tracking
+from sparsebench.tracking import reader
 from sparsebench.errors import ConfigError, RunNotFoundError
 
 
 @pytest.fixture()
 def client(quick_tracking_uri: str):
-    return tracking.make_client(quick_tracking_uri)
+    return tracking.open_store(quick_tracking_uri)
 
 
-def new_run_ids(client, count: int) -> list[str]:
-    experiment = tracking.ensure_experiment(client, "sparsebench", None)
-    return [client.create_run(experiment).info.run_id for _ in range(count)]
+def new_run_ids(store, count: int) -> list[str]:
+    experiment = store.experiment_id("sparsebench")
+    return [store.client.create_run(experiment).info.run_id for _ in range(count)]
 
 
 def test_a_full_id_or_a_unique_prefix_names_the_run(client) -> None:
@@ -30,7 +31,7 @@ def test_a_full_id_or_a_unique_prefix_names_the_run(client) -> None:
 
 
 def test_a_shared_prefix_is_ambiguous_and_lists_the_candidates(client, monkeypatch) -> None:
-    monkeypatch.setattr(tracking, "MIN_RUN_PREFIX", 1)
+    monkeypatch.setattr(reader, "MIN_RUN_PREFIX", 1)
     runs = new_run_ids(client, 17)  # 17 ids, 16 hex digits: two share a first character
     digit, count = Counter(r[0] for r in runs).most_common(1)[0]
     assert count >= 2
