@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -29,6 +29,9 @@ from sparsebench.inference.size import storage_bytes
 from sparsebench.inference.sparse_layers import FormatUnsupported
 from sparsebench.measure.counts import layer_table, summarize
 from sparsebench.task import Task
+
+if TYPE_CHECKING:
+    from sparsebench.tracking import Store
 
 RTOL = 1e-4
 ATOL = 1e-4
@@ -53,17 +56,17 @@ class LoadedRun:
     flops_reduction: float
 
 
-def load_run(run_id: str, tracking_uri: str | None, data_dir: str | None) -> LoadedRun:
-    """Rebuild a finished run's exported model from MLflow and read its task's test inputs."""
-    from sparsebench.data.paths import data_root
-    from sparsebench.report.select import ArtifactReader, load_model
-    from sparsebench.run.plan import plan_run
-    from sparsebench.tracking import default_tracking_uri, make_client, resolve_run_id
+def load_run(run_id: str, store: Store, data_dir: str | Path | None) -> LoadedRun:
+    """Rebuild a finished run's exported model from MLflow and read its task's test inputs.
 
-    client = make_client(tracking_uri)
-    run_id = resolve_run_id(client, run_id)
-    config = ArtifactReader(client).json(run_id, "config.json")
-    exported = load_model(tracking_uri or default_tracking_uri(), run_id)
+    ``run_id`` must already be a full id (``resolve_runs``), so what is measured is logged to it.
+    """
+    from sparsebench.data.paths import data_root
+    from sparsebench.run.plan import plan_run
+    from sparsebench.tracking import ArtifactReader, load_exported
+
+    config = ArtifactReader(store).json(run_id, "config.json")
+    exported = load_exported(store, run_id, f"run {run_id}")
     if config is None or exported is None:
         raise RunNotFoundError(
             f"run {run_id} has no exported model (model/model.pt and config.json); "
@@ -82,6 +85,17 @@ def load_run(run_id: str, tracking_uri: str | None, data_dir: str | None) -> Loa
     return LoadedRun(
         run_id, plan.task, plan.method.name, model, inputs, summary.compression, summary.flops_reduction
     )
+
+
+def resolve_runs(store: Store, typed: list[str]) -> list[str]:
+    """Full ids of the runs the user named (ids or unique prefixes), all checked before any timing.
+
+    Timing a run takes minutes; a typo in the third id, or a prefix logged to as if it were an id,
+    must not cost the timings of the first two.
+    """
+    from sparsebench.tracking import resolve_run_id
+
+    return [resolve_run_id(store, run_id) for run_id in typed]
 
 
 def examples_of(split: object, task: str) -> torch.Tensor:
@@ -246,11 +260,11 @@ def environment(device: torch.device) -> dict[str, Any]:
     return env
 
 
-def log_to_run(run_id: str, tracking_uri: str | None, table: pd.DataFrame, env: dict[str, Any]) -> None:
+def log_to_run(run_id: str, store: Store, table: pd.DataFrame, env: dict[str, Any]) -> None:
     """Store the table and environment as artifacts of the run, and the headline numbers as metrics."""
-    from sparsebench.tracking import Tracker, make_client
+    from sparsebench.tracking import Tracker
 
-    tracker = Tracker(make_client(tracking_uri), run_id)
+    tracker = Tracker(store, run_id)
     device = env["device"].split(":")[0]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

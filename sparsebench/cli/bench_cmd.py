@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from sparsebench.cli._common import add_env_flags, env_from
+
 EXAMPLES = """examples:
   sparsebench bench 8d665fe2e6944fd1b39652a56b87c492
   sparsebench bench --runs RUN1 RUN2 --threads 1 --batch-sizes 1 64 1024
@@ -42,10 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     inference.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 64, 1024])
     inference.add_argument("--repeats", type=int, default=15, help="timed blocks per measurement")
     inference.add_argument("--warmup", type=int, default=3, help="untimed calls first")
-    inference.add_argument("--data-dir", help="dataset root (default: $SPARSEBENCH_DATA, else the cache)")
-    inference.add_argument(
-        "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlruns)"
-    )
+    add_env_flags(inference, device=False, experiment=False)
     inference.add_argument("--no-log", action="store_true", help="do not log the results to the runs")
     shared = p.add_argument_group("--break-even and --train")
     shared.add_argument("--tasks", nargs="+", default=["lenet300_100", "lenet5"])
@@ -99,7 +98,14 @@ def handle(args: argparse.Namespace) -> int:
 def _inference(args: argparse.Namespace, runs: list[str], device: Any) -> int:
     import pandas as pd
 
-    from sparsebench.bench.inference import bench_formats, best_rows, environment, load_run, log_to_run
+    from sparsebench.bench.inference import (
+        bench_formats,
+        best_rows,
+        environment,
+        load_run,
+        log_to_run,
+        resolve_runs,
+    )
     from sparsebench.errors import ConfigError
     from sparsebench.inference.formats import FORMATS
 
@@ -108,9 +114,11 @@ def _inference(args: argparse.Namespace, runs: list[str], device: Any) -> int:
         raise ConfigError(f"unknown format {', '.join(unknown)}; formats: {', '.join(FORMATS)}")
     if any(b < 1 for b in args.batch_sizes):
         raise ConfigError("--batch-sizes must be positive")
+    where = env_from(args)
+    store = where.store
     tables = []
-    for run_id in runs:
-        run = load_run(run_id, args.tracking_uri, args.data_dir)
+    for run_id in resolve_runs(store, runs):  # full ids first: a typo costs no timing
+        run = load_run(run_id, store, where.data_dir)
         env = environment(device)
         table = bench_formats(
             run.model,
@@ -128,7 +136,7 @@ def _inference(args: argparse.Namespace, runs: list[str], device: Any) -> int:
         table.insert(1, "task", run.task.name)
         table.insert(2, "method", run.method)
         if not args.no_log:
-            log_to_run(run_id, args.tracking_uri, table, env)
+            log_to_run(run_id, store, table, env)
         tables.append(table)
         if not args.json:
             head = f"run {run_id}: {run.task.name} {run.method}, compression {run.compression:.1f}x"

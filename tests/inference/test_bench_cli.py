@@ -137,3 +137,25 @@ def test_training_throughput_prints_where_the_time_goes(run_cli, capfd: pytest.C
     assert "%layers" in breakdown and "%noise" in breakdown and "%forward" in breakdown
     native = capfd.readouterr().err  # what native code wrote to file descriptor 2
     assert "USDT" not in native and "profiler_start" not in native
+
+
+def test_a_short_run_id_is_resolved_before_timing_and_logged_to_the_full_id(
+    trained: tuple[str, str], mnist_dir: Path, run_cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """#18.11: ``bench <8 characters>`` measured everything, then crashed logging to the prefix."""
+    from sparsebench.bench import inference
+    from sparsebench.tracking import open_store
+
+    uri, run_id = trained
+    timed: list[str] = []
+    measure = inference.bench_formats
+    monkeypatch.setattr(inference, "bench_formats", lambda *a, **k: timed.append("run") or measure(*a, **k))
+    args = ["--data-dir", mnist_dir, "--tracking-uri", uri, "--formats", "dense", "--batch-sizes", 2]
+    bad = run_cli("bench", run_id[:8], "ffffffffff", *args, "--repeats", 1)
+    assert bad.code == 2 and "run ffffffffff: no such MLflow run" in bad.err
+    assert timed == []  # the unknown second id was refused before the first run was timed
+    result = run_cli("bench", run_id[:8], *args, "--repeats", 1, "--json")
+    assert result.code == 0, result.err
+    assert set(pd.DataFrame(json.loads(result.out)).run_id) == {run_id}
+    history = open_store(uri).client.get_metric_history(run_id, "inference.cpu.dense.b2.ms")
+    assert len(history) >= 1
