@@ -171,6 +171,15 @@ class SparsityMethod(ABC):
                 weight.mul_(mask.to(weight.dtype))
         return exported
 
+    def posterior_variances(self, model: nn.Module) -> dict[str, torch.Tensor] | None:
+        """Marginal posterior variance of every weight, for methods with a posterior; else None.
+
+        Keyed by module path like ``masks``, each shaped like the exported layer's weight. The core
+        turns them into bit widths and the compression after precision reduction (docs/methods.md
+        section 4.7); None (the default) means the method has no posterior and no such numbers.
+        """
+        return None
+
     def search_space(self, trial: Any) -> dict[str, Any]:
         """Config overrides (``method.<field>`` keys) an optuna trial proposes for a sweep."""
         return {}

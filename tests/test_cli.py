@@ -200,7 +200,7 @@ def test_lenet5_one_epoch(
 
     # Three curve points instead of 25: the full curve is checked on LeNet-300-100, and the conv
     # evaluations it repeats would dominate this test's time.
-    monkeypatch.setattr(SparseVD, "curve_thresholds", lambda self: (2.0, 3.0, 4.0))
+    monkeypatch.setattr(SparseVD, "curve_levels", lambda self: (2.0, 3.0, 4.0))
     trained = train_and_fetch(
         run_cli,
         tmp_path,

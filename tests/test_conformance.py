@@ -48,8 +48,8 @@ def run_conformance(method_name: str, task_name: str) -> None:
     check_method_conformance(method, task)
 
 
-@pytest.mark.parametrize("task_name", TASKS.names())
-@pytest.mark.parametrize("method_name", METHODS.names())
+@pytest.mark.parametrize("task_name", TASKS.builtin_names())
+@pytest.mark.parametrize("method_name", METHODS.builtin_names())
 def test_method_conforms_on_small_task(method_name: str, task_name: str) -> None:
     if weight_count(task_name) > SMALL_MODEL_WEIGHTS:
         pytest.skip(f"{task_name} is large; covered by test_method_conforms_on_large_task (-m slow)")
@@ -57,16 +57,18 @@ def test_method_conforms_on_small_task(method_name: str, task_name: str) -> None
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("task_name", TASKS.names())
-@pytest.mark.parametrize("method_name", METHODS.names())
+@pytest.mark.parametrize("task_name", TASKS.builtin_names())
+@pytest.mark.parametrize("method_name", METHODS.builtin_names())
 def test_method_conforms_on_large_task(method_name: str, task_name: str) -> None:
     if weight_count(task_name) <= SMALL_MODEL_WEIGHTS:
         pytest.skip(f"{task_name} is small; covered by test_method_conforms_on_small_task")
     run_conformance(method_name, task_name)
 
 
-def test_no_registered_plugin_failed_to_load() -> None:
-    assert METHODS.broken == {} and TASKS.broken == {}
+def test_no_built_in_plugin_failed_to_load() -> None:
+    """Plugins installed beside sparsebench are not the project's to test; its own must all load."""
+    builtins = set(METHODS.builtin_names()) | set(TASKS.builtin_names())
+    assert not builtins & (set(METHODS.broken) | set(TASKS.broken))
 
 
 def test_step_schedule_takes_the_first_step_then_the_last_ones() -> None:
@@ -200,6 +202,32 @@ class ShapeChangingConvert(HalfPruning):
         return nn.Sequential(model, nn.Unflatten(1, (2, 5)))
 
 
+class MasksOnTheMethod(SparsityMethod):
+    """Decides masks once from the first batch and keeps them on the method object (SNIP-like, wrong)."""
+
+    name = "masks_on_method"
+
+    def on_train_start(self, model: nn.Module, batch: tuple, ctx: StepContext) -> None:
+        self.keep = {
+            path: m.weight.detach().abs() > m.weight.detach().abs().median()
+            for path, m in model.named_modules()
+            if isinstance(m, nn.Linear)
+        }
+
+    def on_step_end(self, model: nn.Module, ctx: StepContext) -> None:
+        modules = dict(model.named_modules())
+        with torch.no_grad():
+            for path, keep in self.masks(model).items():
+                modules[path].weight.mul_(keep)
+
+    def masks(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        keep = getattr(self, "keep", None)
+        if keep is None:  # a resumed run: a fresh method object that never saw on_train_start
+            return {p: torch.ones_like(m.weight, dtype=torch.bool) for p, m in model.named_modules()
+                    if isinstance(m, nn.Linear)}  # fmt: skip
+        return keep
+
+
 def test_a_correct_method_passes() -> None:
     check_method_conformance(HalfPruning(), TASKS.get("lenet300_100")())
 
@@ -219,6 +247,7 @@ def test_a_correct_method_passes() -> None:
         (InPlaceExport(), "export changed the trained model"),
         (ShapeChangingConvert(), "output shape"),
         (BadSearchSpace(), "search_space proposes an invalid override: unknown config key 'method.thresold'"),
+        (MasksOnTheMethod(), "masks after a stop and --resume differ from an uninterrupted run"),
     ],
     ids=lambda v: type(v).__name__ if isinstance(v, SparsityMethod) else "",
 )
@@ -238,3 +267,20 @@ def test_low_variance_check_sets_sparse_vd_log_sigma2() -> None:
         float(m.log_sigma2.detach().max()) == LOW_LOG_VARIANCE for m in model if hasattr(m, "log_sigma2")
     )
     assert not check_regularizer_low_variance(prepare(HalfPruning(), TASKS.get("lenet300_100")()))
+
+
+def test_the_runner_refuses_the_export_conformance_refuses(
+    mnist_dir, quick_tracking_uri: str, run_cli, temporary_method, tmp_path
+) -> None:
+    """What conformance rejects, a run rejects too, in one line, keeping the trained checkpoint."""
+    temporary_method(
+        "extra_parameter_export", type("Extra", (ExtraParameterExport,), {"name": "extra_parameter_export"})
+    )
+    result = run_cli(
+        "run", "--method", "extra_parameter_export", "--task", "lenet300_100", "--set", "train.epochs=1",
+        "--set", "train.val_size=200", "--data-dir", mnist_dir, "--tracking-uri", quick_tracking_uri,
+        "--no-progress",
+    )  # fmt: skip
+    assert result.code == 2, result.err
+    assert "extra ['fc1.log_sigma2']" in result.err and "Traceback" not in result.err
+    assert len(list((tmp_path / "checkpoints").glob("*/checkpoint.pt"))) == 1

@@ -99,7 +99,7 @@ def no_curve(monkeypatch: pytest.MonkeyPatch) -> None:
     """Skip Sparse VD's post-hoc threshold curve (checked in test_cli); it would triple these tests' time."""
     from sparsebench.methods.sparse_vd import SparseVD
 
-    monkeypatch.setattr(SparseVD, "curve_thresholds", lambda self: ())
+    monkeypatch.setattr(SparseVD, "curve_levels", lambda self: ())
 
 
 @pytest.mark.usefixtures("no_curve")
@@ -310,7 +310,7 @@ def test_a_calibrated_run_reports_the_groups_of_the_exported_model(
         return float(first.scale.prune_score().detach().median()) - first.current_threshold(), 0.0, 0.0
 
     monkeypatch.setattr(GroupMethod, "select_shift", halve_the_first_layer)
-    monkeypatch.setattr(GroupMethod, "curve_thresholds", lambda self: ())
+    monkeypatch.setattr(GroupMethod, "curve_levels", lambda self: ())
     result = run_cli("run", "--method", "group_nj", "--task", "lenet300_100", "--data-dir", mnist_dir,
                      "--tracking-uri", quick_tracking_uri, "--no-progress", "--set", "train.epochs=1",
                      "--set", "train.val_size=200")  # fmt: skip

@@ -8,8 +8,8 @@ from collections import Counter
 import pytest
 
 from sparsebench import tracking
-from sparsebench.tracking import reader
 from sparsebench.errors import ConfigError, RunNotFoundError
+from sparsebench.tracking import reader
 
 
 @pytest.fixture()

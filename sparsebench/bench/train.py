@@ -34,6 +34,7 @@ import torch
 from sparsebench.data.tensors import TensorBatches
 from sparsebench.registry import METHODS, TASKS
 from sparsebench.run.loop import Trainer, build_optimizer, place_model
+from sparsebench.task import resolve_recipe
 
 PHASES = ("data", "forward", "regularizer", "backward", "optimizer", "method_hooks")
 
@@ -119,7 +120,7 @@ class TrainingLoop:
     ) -> None:
         self.task = TASKS.get(task_name)()
         self.method = METHODS.get(method_name)()
-        self.recipe = self.method.adjust_recipe(self.task.name, self.task.default_recipe(self.method.name))
+        self.recipe = resolve_recipe(self.task, self.method)
         self.device = device
         torch.manual_seed(0)
         self.model = place_model(self.method.convert(self.task.build_model()), device)

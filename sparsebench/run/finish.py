@@ -17,7 +17,9 @@ import pandas as pd
 import torch
 from torch import nn
 
+from sparsebench.errors import PluginError
 from sparsebench.measure.counts import check_export, layer_table, paper_row, summarize
+from sparsebench.measure.exported import export_problem
 from sparsebench.measure.precision import layer_weights, precision_report, round_model
 from sparsebench.measure.structured import structured_metrics
 from sparsebench.record import RECORD_NAME, EpochPoint, RunRecord, data_checksums, git_commit
@@ -49,6 +51,13 @@ def finish(
     masks = method.masks(model)
     exported = method.export(model, masks).eval()
     check_export(exported, masks)
+    with torch.random.fork_rng(devices=[]):  # building the reference must not move the run's RNG
+        reference = task.build_model()
+    if (problem := export_problem(exported, reference)) is not None:
+        raise PluginError(
+            f"method {method.name}: {problem}; nothing was counted (the run's last checkpoint is kept). "
+            "sparsebench.testing.check_method_conformance finds this in a unit test"
+        )
     table = layer_table(exported, task.example_input(device), task.layer_order(exported))
     summary = summarize(exported, table)
     val = evaluate(task, exported, splits.val, cfg.eval_batch_size)
@@ -170,13 +179,12 @@ def log_artifacts(
 def precision_metrics(plan: Plan, model: nn.Module, exported: nn.Module, masks: dict, splits: Any) -> dict:
     """Bit-precision compression and the error of the rounded model, for methods with posteriors.
 
-    Only methods that expose ``posterior_variances(model)`` (the Bayesian-compression family)
-    have the per-weight variances the bit computation needs (methods.md section 4.7).
+    Only methods whose ``posterior_variances(model)`` returns variances (the Bayesian-compression
+    family) have what the bit computation needs (methods.md section 4.7).
     """
-    variances_of = getattr(plan.method, "posterior_variances", None)
-    if variances_of is None:
+    variances = plan.method.posterior_variances(model)
+    if variances is None:
         return {}
-    variances = variances_of(model)
     try:
         report = precision_report(layer_weights(exported, list(variances)), variances, masks)
     except ValueError as exc:  # e.g. every kept weight below 0.5: the exponent formula is undefined

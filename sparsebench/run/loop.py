@@ -171,6 +171,18 @@ class Trainer:
         return StepResult(total.detach(), None if reg is None else reg.detach(), tuple(out.shape))
 
 
+def start_training(trainer: Trainer, train: Batches, generator: torch.Generator) -> None:
+    """``on_train_start`` with the first batch exactly as the first step will see it.
+
+    The batch is drawn with a copy of the shuffle generator, so the training stream (and every run
+    that predates the hook) is the same as without it.
+    """
+    peek = torch.Generator(device=generator.device).set_state(generator.get_state())
+    x, y = next(iter(train.iterate(trainer.cfg.batch_size, True, peek, drop_last=True)))
+    x = trainer.task.train_transform(x, peek)
+    trainer.method.on_train_start(trainer.model, (x, y), trainer.context(0, 0))
+
+
 @dataclass
 class EpochResult:
     train_loss: float

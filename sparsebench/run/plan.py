@@ -13,7 +13,7 @@ from sparsebench.config import TrainConfig, apply_overrides, check_ranges, flatt
 from sparsebench.errors import ConfigError
 from sparsebench.method import SparsityMethod
 from sparsebench.registry import METHODS, TASKS
-from sparsebench.task import Task
+from sparsebench.task import Task, resolve_recipe
 from sparsebench.tracking import EXPERIMENT
 
 
@@ -86,7 +86,7 @@ def plan_run(task_name: str, method_name: str, overrides: dict[str, Any]) -> Pla
     plugin_sections = {"task": task.config, "method": method.config}
     early = {k: v for k, v in overrides.items() if k.partition(".")[0] in plugin_sections}
     apply_overrides(plugin_sections, early)
-    plan = Plan(task, method, method.adjust_recipe(task.name, task.default_recipe(method_cls.name)))
+    plan = Plan(task, method, resolve_recipe(task, method))
     apply_overrides(plan.sections, {k: v for k, v in overrides.items() if k not in early})
     check_ranges(plan.sections)
     return plan

@@ -28,6 +28,7 @@ from sparsebench.run.loop import (
     current_sparsity,
     evaluate,
     place_model,
+    start_training,
     train_epoch,
 )
 from sparsebench.run.plan import Plan, RunRequest, RunResult, check_fits_data, plan_run, resolve_device
@@ -87,6 +88,8 @@ def train_session(session: Session, request: RunRequest) -> RunResult:
     """The epochs of an opened run, then its finish; every way out leaves the run in a clear state."""
     cfg, tracker, epoch = session.cfg, session.tracker, session.start_epoch
     try:
+        if session.step == 0:  # a fresh run; a resumed one keeps what the hook decided in its model
+            start_training(session.trainer, session.splits.train, session.generator)
         for epoch in range(session.start_epoch, cfg.epochs):
             val = run_epoch(session, epoch)
             if request.on_epoch is not None:

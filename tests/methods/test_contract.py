@@ -32,6 +32,7 @@ HOOKS = (
     "masks_at",
     "search_space",
     "not_applicable",
+    "posterior_variances",
 )
 
 

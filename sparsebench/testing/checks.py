@@ -1,21 +1,4 @@
-"""Conformance checks that any method plugin can reuse in its own tests.
-
-The core trusts a method only through the contract of ``sparsebench.method``: masks keyed by
-module path and shaped like the weights, an export of standard layers that holds zeros where the
-masks say, a finite regularizer that trains the parameters. These checks hold a plugin to that
-contract on a real task model with random data, driving the hooks in the runner's order, so a
-plugin that passes here can be trusted by ``sparsebench run``. A third-party plugin reuses them
-like optuna's ``optuna/testing/pytest_samplers.py``::
-
-    from sparsebench.registry import TASKS
-    from sparsebench.testing import check_method_conformance
-
-    def test_my_method_conforms():
-        check_method_conformance(MyMethod(), TASKS.get("lenet5")())
-
-Every failed check raises ``ConformanceError`` (an ``AssertionError``, so pytest reports it as a
-test failure) naming the method and what it got wrong.
-"""
+"""The individual conformance checks; ``sparsebench.testing`` runs them in a run's order."""
 
 from __future__ import annotations
 
@@ -30,9 +13,10 @@ from torch import nn
 from sparsebench.config import TrainConfig, apply_overrides
 from sparsebench.errors import ConfigError
 from sparsebench.measure.counts import WEIGHT_LAYERS, check_export, layer_table, summarize
+from sparsebench.measure.exported import export_problem
 from sparsebench.method import SparsityMethod, StepContext
 from sparsebench.run.loop import Trainer, build_optimizer
-from sparsebench.task import Task
+from sparsebench.task import Task, resolve_recipe
 
 CPU = torch.device("cpu")
 
@@ -44,36 +28,6 @@ LOW_LOG_VARIANCE = -15.0
 
 LOG_VARIANCE_SUFFIXES = ("log_sigma2", "logvar", "log_var")
 """Parameter names (last component) treated as per-weight log variances by the low-variance check."""
-
-STANDARD_LAYERS: frozenset[type[nn.Module]] = frozenset(
-    {
-        nn.Linear,
-        nn.Conv1d,
-        nn.Conv2d,
-        nn.Conv3d,
-        nn.ConvTranspose1d,
-        nn.ConvTranspose2d,
-        nn.ConvTranspose3d,
-        nn.LSTM,
-        nn.GRU,
-        nn.RNN,
-        nn.Embedding,
-        nn.BatchNorm1d,
-        nn.BatchNorm2d,
-        nn.BatchNorm3d,
-        nn.LayerNorm,
-    }
-)
-"""Exact types an exported model may use for layers that hold parameters."""
-
-_PARAMETRIC_BASES = (
-    nn.Linear,
-    nn.modules.conv._ConvNd,
-    nn.RNNBase,
-    nn.Embedding,
-    nn.modules.batchnorm._BatchNorm,
-    nn.LayerNorm,
-)
 
 
 class ConformanceError(AssertionError):
@@ -140,7 +94,7 @@ def prepare(
         raise NotApplicableError(reason)
     reference = copy.deepcopy(model)  # convert may swap layers in place
     x, y = random_batch(task, reference, batch_size, torch.Generator().manual_seed(seed))
-    recipe = method.adjust_recipe(task.name, task.default_recipe(method.name))
+    recipe = resolve_recipe(task, method)
     converted = method.convert(model)
     return Setup(method, task, reference, converted, x, y, recipe, num_train)
 
@@ -249,6 +203,7 @@ def train_steps(setup: Setup, steps: int = 3) -> list[float]:
     losses = []
     model.train()
     task.on_pass_start(model, training=True)
+    method.on_train_start(model, (setup.x, setup.y), trainer.context(0, 0))
     for step in schedule:
         epoch = step // per_epoch
         result = trainer.step(setup.x, setup.y, trainer.context(epoch, step), generator)
@@ -312,21 +267,8 @@ def check_masks(method: SparsityMethod, masks: dict[str, torch.Tensor], referenc
 
 def check_standard_layers(method: SparsityMethod, exported: nn.Module, reference: nn.Module) -> None:
     """The export holds only standard layers and loads into the task's own model (``--init-from``)."""
-    own_types = {type(m) for m in reference.modules()}
-    for path, m in exported.named_modules():
-        parametric = isinstance(m, _PARAMETRIC_BASES) or any(True for _ in m.parameters(recurse=False))
-        if parametric and type(m) not in STANDARD_LAYERS and type(m) not in own_types:
-            _fail(method, f"exported {path or 'model'} is a {type(m).__qualname__}, not a standard layer")
-    got = {k: tuple(v.shape) for k, v in exported.state_dict().items()}
-    want = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
-    if got != want:
-        extra, missing = sorted(set(got) - set(want)), sorted(set(want) - set(got))
-        changed = sorted(k for k in set(got) & set(want) if got[k] != want[k])
-        _fail(
-            method,
-            f"exported state dict differs from the task's model (extra {extra}, missing {missing}, "
-            f"reshaped {changed})",
-        )
+    if (problem := export_problem(exported, reference)) is not None:
+        _fail(method, problem)
 
 
 def _eval_output(task: Task, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -426,40 +368,3 @@ def check_search_space(method: SparsityMethod) -> None:
         except ConfigError as exc:
             _fail(method, f"search_space proposes an invalid override: {exc}")
         type(method)(configs["method"])
-
-
-def check_method_conformance(
-    method: SparsityMethod, task: Task, steps: int = 3, batch_size: int = 8, seed: int = 0
-) -> None:
-    """Every check in the order of a run: sweep space, convert, regularizer, steps, masks, export, counts.
-
-    Raises ``NotApplicableError`` when the method declares it cannot handle the task's model.
-    """
-    check_search_space(method)
-    setup = prepare(method, task, batch_size=batch_size, seed=seed)
-    check_convert_keeps_shapes(setup)
-    check_regularizer(method, setup.model, setup.late_context())
-    check_regularizer_low_variance(setup)
-    train_steps(setup, steps)
-
-    model = setup.model.eval()
-
-    def validate(m: nn.Module) -> float:  # the task's metric on the random batch, like runner.evaluate
-        with torch.no_grad():
-            out = _forward(task, m, setup.x, training=False)
-        return task.finalize_metric(float(task.score_sum(out, setup.y)), len(setup.x))
-
-    calibration = method.calibrate(model, validate)
-    bad = {k: v for k, v in calibration.items() if not math.isfinite(float(v))}
-    if bad:
-        _fail(method, f"calibrate returned non-finite values {bad}")
-    masks = method.masks(model)
-    check_masks(method, masks, setup.reference)
-    exported = check_exported_model(method, model, masks, setup)
-    check_counts(method, exported, masks, task)
-    thresholds = list(method.curve_thresholds())
-    for t in thresholds[:1] + thresholds[-1:]:  # the ends of a threshold curve, as runner.threshold_curve
-        curve_masks = method.masks_at(model, t)
-        check_masks(method, curve_masks, setup.reference)
-        curve_export = check_exported_model(method, model, curve_masks, setup, same_outputs=False)
-        check_counts(method, curve_export, curve_masks, task)
