@@ -1,26 +1,22 @@
 """Find the runs a report is about and read what they logged, through MLflow's client into pandas.
 
-Nothing here opens the store's files directly: runs come from ``mlflow.search_runs``, curves
-from ``get_metric_history`` and tables from ``download_artifacts``, so any MLflow backend works.
+Nothing here opens the store's files or talks to MLflow: runs, curves and tables come through
+``sparsebench.tracking`` (its reader), so any MLflow backend works.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 import shlex
 import sys
-import tempfile
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from sparsebench.errors import ConfigError
 from sparsebench.registry import normalize_name
-from sparsebench.tracking import mask_uri
+from sparsebench.tracking import ArtifactReader, Store, load_exported, mask_uri, open_store, runs_frame
+from sparsebench.tracking import metric_history as _metric_history
 
 REPORT_EXPERIMENT = "sparsebench-reports"
 """Report runs live in their own experiment so they never show up among training runs."""
@@ -119,21 +115,21 @@ class RunSet:
 
 def load_runs(selection: Selection, tracking_uri: str) -> RunSet:
     """Select finished training runs and read their logged tables and curves."""
-    from sparsebench.tracking import make_client, resolve_run_id
+    from sparsebench.tracking import resolve_run_id
 
-    client = make_client(tracking_uri)
+    store = open_store(tracking_uri)
     if selection.run_ids:
-        full = tuple(resolve_run_id(client, run_id, "--run") for run_id in selection.run_ids)
+        full = tuple(resolve_run_id(store, run_id, "--run") for run_id in selection.run_ids)
         selection = replace(selection, run_ids=full)
-    raw = search(client, selection, tracking_uri)
+    raw = search(store, selection, tracking_uri)
     runs = tidy(raw)
     if runs.empty:
-        store = shlex.quote(mask_uri(tracking_uri))  # printed: never the store's password
+        shown = shlex.quote(mask_uri(tracking_uri))  # printed: never the store's password
         raise NoMatchingRunsError(
             f"no finished training runs match ({selection.describe()}); nothing written. Check the "
-            f"flags, or look at the store with: mlflow ui --backend-store-uri {store}"
+            f"flags, or look at the store with: mlflow ui --backend-store-uri {shown}"
         )
-    artifacts = ArtifactReader(client)
+    artifacts = ArtifactReader(store)
     layers, curves, configs, inference = [], [], {}, []
     for run_id in runs.run_id:
         for device in ("cpu", "cuda"):
@@ -151,30 +147,22 @@ def load_runs(selection: Selection, tracking_uri: str) -> RunSet:
         runs=runs,
         layers=_concat(layers, ["run_id", "layer", "position", "sparsity"]),
         curves=_concat(curves, ["run_id", "threshold", "compression", "val_metric", "test_metric"]),
-        history=metric_history(client, list(runs.run_id), HISTORY_KEYS),
+        history=metric_history(store, list(runs.run_id), HISTORY_KEYS),
         configs=configs,
         tracking_uri=tracking_uri,
         inference=_concat(inference, ["run_id", "format", "device", "batch_size", "status", "ms"]),
     )
 
 
-def search(client: Any, selection: Selection, tracking_uri: str) -> pd.DataFrame:
-    """Finished runs of the selected experiments as MLflow's own pandas frame."""
-    import mlflow
-
-    experiment_ids = _experiment_ids(client, selection.experiments)
+def search(store: Store, selection: Selection, tracking_uri: str) -> pd.DataFrame:
+    """Finished runs of the selected experiments as a frame with MLflow's column names."""
+    experiment_ids = _experiment_ids(store, selection.experiments)
     if experiment_ids == []:
         return pd.DataFrame()
     filters = ["attributes.status = 'FINISHED'"]
     filters += [f"tags.`{key}` = '{_quote(value)}'" for key, value in selection.tags.items()]
     filters += [f"params.`{key}` = '{_quote(value)}'" for key, value in selection.params.items()]
-    mlflow.set_tracking_uri(tracking_uri)  # search_runs reads the fluent URI; runs are found by id after
-    frame = mlflow.search_runs(
-        experiment_ids=experiment_ids,
-        filter_string=" and ".join(filters),
-        search_all_experiments=experiment_ids is None,
-        output_format="pandas",
-    )
+    frame = runs_frame(store, experiment_ids, " and ".join(filters))
     if frame.empty:
         return frame
     # Training runs are the ones the runner finished: a task tag and a test metric (sweep parents,
@@ -194,20 +182,14 @@ def search(client: Any, selection: Selection, tracking_uri: str) -> pd.DataFrame
     # A re-finished run (``run --refinish``) replaces its source: the same training, counted once.
     frame = frame[~frame.run_id.isin(set(_column(frame, "tags.refinished_from").dropna()))]
     if selection.sweep:
-        parents = sweep_parents(selection.sweep, experiment_ids)
+        parents = sweep_parents(store, selection.sweep, experiment_ids)
         frame = frame[_column(frame, "tags.mlflow.parentRunId").isin(parents)]
     return frame.reset_index(drop=True)
 
 
-def sweep_parents(sweep: str, experiment_ids: list[str] | None) -> set[str]:
+def sweep_parents(store: Store, sweep: str, experiment_ids: list[str] | None) -> set[str]:
     """Parent run ids of a sweep given by run id, run name, ``sweep`` tag or study name."""
-    import mlflow
-
-    parents = mlflow.search_runs(
-        experiment_ids=experiment_ids,
-        search_all_experiments=experiment_ids is None,
-        output_format="pandas",
-    )
+    parents = runs_frame(store, experiment_ids)
     if parents.empty:
         return set()
     match = parents.run_id == sweep
@@ -281,74 +263,27 @@ def _short_key(column: str) -> str:
     return key.removeprefix("method.")
 
 
-class ArtifactReader:
-    """Download small artifacts of runs, remembering which runs lack them."""
-
-    def __init__(self, client: Any) -> None:
-        # One progress bar per small file would bury the report's own messages on stderr.
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        self.client = client
-        self.tmp = tempfile.TemporaryDirectory(prefix="sparsebench-report-")
-        self._listing: dict[str, set[str]] = {}
-
-    def has(self, run_id: str, path: str) -> bool:
-        if run_id not in self._listing:
-            names: set[str] = set()
-            for folder in ("", "model", "inference"):
-                # An unreadable artifact store counts as missing files: the report says what it lacks.
-                with contextlib.suppress(Exception):
-                    names |= {a.path for a in self.client.list_artifacts(run_id, folder or None)}
-            self._listing[run_id] = names
-        return path in self._listing[run_id]
-
-    def download(self, run_id: str, path: str) -> Path | None:
-        if not self.has(run_id, path):
-            return None
-        target = Path(self.tmp.name) / run_id
-        target.mkdir(exist_ok=True)
-        return Path(self.client.download_artifacts(run_id, path, str(target)))
-
-    def csv(self, run_id: str, path: str) -> pd.DataFrame | None:
-        local = self.download(run_id, path)
-        return None if local is None else pd.read_csv(local)
-
-    def json(self, run_id: str, path: str) -> dict[str, Any] | None:
-        local = self.download(run_id, path)
-        return None if local is None else json.loads(local.read_text())
-
-
 def load_model(tracking_uri: str, run_id: str) -> dict[str, Any] | None:
     """The exported model artifact (``{"state_dict", "masks"}``) of a run, or None if it has none."""
-    import torch
-
-    from sparsebench.tracking import make_client
-
-    reader = ArtifactReader(make_client(tracking_uri))  # its temporary folder lives as long as it does
-    local = reader.download(run_id, "model/model.pt")
-    return None if local is None else torch.load(local, map_location="cpu", weights_only=True)
+    return load_exported(tracking_uri, run_id, f"run {run_id}")
 
 
-def metric_history(client: Any, run_ids: list[str], keys: tuple[str, ...]) -> pd.DataFrame:
+def metric_history(store: Store, run_ids: list[str], keys: tuple[str, ...]) -> pd.DataFrame:
     """Per-epoch values (step = epoch) of ``keys`` for every run, in long form."""
-    rows = []
-    for run_id in run_ids:
-        for key in keys:
-            for m in client.get_metric_history(run_id, key):
-                rows.append((run_id, key, m.step, m.value))
-    return pd.DataFrame(rows, columns=["run_id", "key", "step", "value"])
+    return _metric_history(store, run_ids, keys)
 
 
-def _experiment_ids(client: Any, names: tuple[str, ...]) -> list[str] | None:
+def _experiment_ids(store: Store, names: tuple[str, ...]) -> list[str] | None:
     """Ids of the named experiments; None means all, [] means none of them exists."""
     if not names:
         return None
     ids = []
     for name in names:
-        experiment = client.get_experiment_by_name(name)
-        if experiment is None:
+        experiment_id = store.experiment_id(name, create=False)
+        if experiment_id is None:
             print(f"sparsebench report: no experiment named {name!r} in this store", file=sys.stderr)
         else:
-            ids.append(experiment.experiment_id)
+            ids.append(experiment_id)
     return ids
 
 
