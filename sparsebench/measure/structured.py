@@ -122,15 +122,7 @@ def shrink_sequential(model: nn.Sequential, example: torch.Tensor) -> nn.Sequent
         example: one input batch, used to learn the activation shapes between layers.
     """
     names, children = zip(*model.named_children(), strict=True) if len(model) else ((), ())
-    layer_ids = [i for i, m in enumerate(children) if isinstance(m, _LAYERS)]
-    if not layer_ids:
-        raise ValueError("the model has no Linear or Conv2d layer")
-    for i, m in enumerate(children):
-        stateless = not any(True for _ in m.parameters()) and not any(True for _ in m.buffers())
-        inside = layer_ids[0] < i < layer_ids[-1]
-        if not (isinstance(m, _LAYERS) or stateless or (inside and isinstance(m, _PER_CHANNEL))):
-            raise ValueError(f"{names[i]} ({type(m).__name__}) cannot sit in a shrinkable chain")
-
+    layer_ids = _chain_layers(names, children)
     outputs = _activations(model, example)
     weight = {i: children[i].weight.detach() for i in layer_ids}
     alive = {i: alive_units(weight[i]) for i in layer_ids}  # (row alive, column alive)
@@ -166,11 +158,22 @@ def shrink_sequential(model: nn.Sequential, example: torch.Tensor) -> nn.Sequent
     if not bool(in_keep[first].all()):
         gathers[first] = torch.nonzero(in_keep[first]).flatten()
 
+    return _assemble(names, children, gathers, (out_keep, in_keep, bias_add))
+
+
+def _assemble(
+    names: tuple[str, ...],
+    children: tuple[nn.Module, ...],
+    gathers: dict[int, torch.Tensor],
+    keeps: tuple[dict[int, torch.Tensor], dict[int, torch.Tensor], dict[int, torch.Tensor]],
+) -> nn.Sequential:
+    """The shrunk chain: kept rows and columns of each layer, folded biases, input gathers."""
+    out_keep, in_keep, bias_add = keeps
     new: OrderedDict[str, nn.Module] = OrderedDict()
     current_channels = None
     for i, (name, m) in enumerate(zip(names, children, strict=True)):
         if i in gathers:
-            new[f"{name}_inputs"] = Gather(gathers[i].to(weight[i].device))
+            new[f"{name}_inputs"] = Gather(gathers[i].to(m.weight.device if hasattr(m, "weight") else "cpu"))
         if isinstance(m, _LAYERS):
             new[name] = _shrink_layer(m, out_keep[i], in_keep[i], bias_add[i])
             current_channels = out_keep[i]
@@ -179,6 +182,19 @@ def shrink_sequential(model: nn.Sequential, example: torch.Tensor) -> nn.Sequent
         else:
             new[name] = m
     return nn.Sequential(new)
+
+
+def _chain_layers(names: tuple[str, ...], children: tuple[nn.Module, ...]) -> list[int]:
+    """Positions of the weight layers, after checking that only per-channel modules sit between them."""
+    layer_ids = [i for i, m in enumerate(children) if isinstance(m, _LAYERS)]
+    if not layer_ids:
+        raise ValueError("the model has no Linear or Conv2d layer")
+    for i, m in enumerate(children):
+        stateless = not any(True for _ in m.parameters()) and not any(True for _ in m.buffers())
+        inside = layer_ids[0] < i < layer_ids[-1]
+        if not (isinstance(m, _LAYERS) or stateless or (inside and isinstance(m, _PER_CHANNEL))):
+            raise ValueError(f"{names[i]} ({type(m).__name__}) cannot sit in a shrinkable chain")
+    return layer_ids
 
 
 @torch.no_grad()
