@@ -1,6 +1,6 @@
 """Every number of a comparison table, counted by the core on the exported model.
 
-Counting rules (also in the README):
+Counting rules (docs/counting.md explains them at length):
 - weights: the weight tensors of Linear, Conv, LSTM and Embedding layers; biases, BatchNorm and
   variational parameters are not weights;
 - compression = weights / nonzero weights (the papers' number); ``compression_all`` counts
