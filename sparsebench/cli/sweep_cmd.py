@@ -11,6 +11,8 @@ import json
 import sys
 from typing import Any
 
+from sparsebench.cli._common import add_env_flags, env_from
+
 EXAMPLES = """examples:
   sparsebench sweep --list
   sparsebench sweep sparse_vd_lenet300_100
@@ -62,14 +64,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="measure trials/hour with each worker count (fresh throwaway studies, one after the other)",
     )
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
-    p.add_argument(
-        "--data-dir", help="dataset root (default: $SPARSEBENCH_DATA, else ~/.cache/sparsebench/data)"
-    )
-    p.add_argument(
-        "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlruns)"
-    )
-    p.add_argument("--experiment", default="sparsebench", help="MLflow experiment name")
+    add_env_flags(p)
     p.add_argument("--json", action="store_true", help="status, --list: print JSON")
     p.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(handler=handle)
@@ -96,7 +91,8 @@ def handle(args: argparse.Namespace) -> int:
     spec = _spec(args, files[0] if files else None)
     from sparsebench.sweep.runs import SweepEnv
 
-    env = SweepEnv(args.tracking_uri, args.experiment, args.data_dir, args.device)
+    where = env_from(args)  # resolved once: the workers get this very store
+    env = SweepEnv(where.tracking_uri, where.experiment, str(where.data_dir), where.device)
     if status:
         return show_status(spec, env, args.json)
     if args.scaling:

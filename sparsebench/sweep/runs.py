@@ -16,14 +16,7 @@ import yaml
 from sparsebench.sweep.spec import SweepSpec, public_dict
 from sparsebench.sweep.storage import storage_url, sweep_key
 from sparsebench.sweep.study import best_trials, progress
-from sparsebench.tracking import (
-    EXPERIMENT,
-    Tracker,
-    default_tracking_uri,
-    ensure_experiment,
-    make_client,
-    mask_uri,
-)
+from sparsebench.tracking import EXPERIMENT, Tracker, mask_uri, open_store, resolve_uri
 
 
 @dataclass(frozen=True)
@@ -37,38 +30,39 @@ class SweepEnv:
 
     @property
     def mlflow_uri(self) -> str:
-        return self.tracking_uri or default_tracking_uri()
+        return resolve_uri(self.tracking_uri)
 
 
 def trial_runs(env: SweepEnv, key: str, number: int, seed: int | None = None) -> list[Any]:
     """The MLflow runs of one trial (the trial run and its seed runs), found by their tags."""
-    client = make_client(env.tracking_uri)
-    experiment = client.get_experiment_by_name(env.experiment)
-    if experiment is None:
+    store = open_store(env.tracking_uri)
+    experiment_id = store.experiment_id(env.experiment, create=False)
+    if experiment_id is None:
         return []
     query = f"tags.`sweep.key` = '{key}' and tags.`sweep.trial` = '{number}'"
     if seed is not None:
         query += f" and tags.`sweep.seed` = '{seed}'"
-    return client.search_runs([experiment.experiment_id], filter_string=query)
+    return store.client.search_runs([experiment_id], filter_string=query)
 
 
 def close_runs(env: SweepEnv, runs: list[Any], status: str, tags: dict[str, str]) -> None:
     """Tag MLflow runs and set their final status (what the runner could not know: pruned, lost)."""
-    client = make_client(env.tracking_uri)
+    store = open_store(env.tracking_uri)
     for run in runs:
-        tracker = Tracker(client, run.info.run_id)
+        tracker = Tracker(store, run.info.run_id)
         tracker.set_tags(tags)
         tracker.finish(status)
 
 
 def ensure_parent_run(spec: SweepSpec, env: SweepEnv) -> str:
     """The sweep's MLflow run (found by tag, so every worker on every machine shares it)."""
-    client = make_client(env.tracking_uri)
-    experiment_id = ensure_experiment(client, env.experiment, env.tracking_uri)
+    store = open_store(env.tracking_uri)
+    client = store.client
+    experiment_id = store.experiment_id(env.experiment) or ""
     runs = _parent_runs(client, experiment_id, spec)
     if not runs:
         tracker = Tracker.open(
-            env.tracking_uri,
+            store,
             env.experiment,
             tags={
                 "task": spec.task,
@@ -95,9 +89,9 @@ def ensure_parent_run(spec: SweepSpec, env: SweepEnv) -> str:
 
 def find_parent_run(spec: SweepSpec, env: SweepEnv) -> str | None:
     """The sweep's MLflow run id in this tracking store, without creating one."""
-    client = make_client(env.tracking_uri)
-    experiment = client.get_experiment_by_name(env.experiment)
-    runs = _parent_runs(client, experiment.experiment_id, spec) if experiment else []
+    store = open_store(env.tracking_uri)
+    experiment_id = store.experiment_id(env.experiment, create=False)
+    runs = _parent_runs(store.client, experiment_id, spec) if experiment_id else []
     return runs[0].info.run_id if runs else None
 
 
@@ -106,7 +100,7 @@ def close_parent_run(spec: SweepSpec, env: SweepEnv, study: optuna.Study) -> Non
     run_id = find_parent_run(spec, env)
     if run_id is None:
         return
-    tracker = Tracker(make_client(env.tracking_uri), run_id)
+    tracker = Tracker(open_store(env.tracking_uri), run_id)
     state = progress(study)
     metrics = {
         "trials_complete": state.complete,
