@@ -101,9 +101,9 @@ def handle(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from sparsebench.cli._common import env_from
     from sparsebench.report.build import DEFAULT_LEVELS, ReportRequest, check_name, make_report
     from sparsebench.report.manifest import portable_path, portable_uri
-    from sparsebench.tracking import default_tracking_uri
 
     selection = selection_from(args)
     name = check_name(args.name or "-".join(args.task) or "-".join(args.experiment) or args.sweep or "report")
@@ -121,7 +121,7 @@ def _report(args: argparse.Namespace) -> int:
         selection=selection,
         name=name,
         out=out,
-        tracking_uri=args.tracking_uri or default_tracking_uri(),
+        tracking_uri=env_from(args).tracking_uri,
         levels=levels,
         log_to_mlflow=not args.no_mlflow,
         command=" ".join(shlex.quote(f) for f in flags),

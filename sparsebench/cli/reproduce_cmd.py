@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from sparsebench.cli._common import add_env_flags, env_from
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser(
@@ -26,12 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="RUN_ID",
         help="re-run only this run, by id or a unique prefix of 6+ characters (repeatable)",
     )
-    r.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
-    r.add_argument(
-        "--data-dir", help="dataset root (default: $SPARSEBENCH_DATA, else ~/.cache/sparsebench/data)"
-    )
-    r.add_argument("--tracking-uri", help="MLflow tracking URI for the new runs")
-    r.add_argument("--experiment", default="sparsebench", help="MLflow experiment of the new runs")
+    add_env_flags(r)
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.set_defaults(handler=handle_reproduce)
 
@@ -54,14 +51,15 @@ def handle_reproduce(args: argparse.Namespace) -> int:
         for entry in select_only(replay_order(manifest["runs"]), args.only):
             print(entry["command"])
         return 0
+    env = env_from(args)
     replayed = reproduce(
         ReproduceRequest(
             folder=folder,
             only=tuple(args.only),
-            device=args.device,
-            data_dir=args.data_dir,
-            tracking_uri=args.tracking_uri,
-            experiment=args.experiment,
+            device=env.device,
+            data_dir=str(env.data_dir),
+            tracking_uri=env.tracking_uri,
+            experiment=env.experiment,
             progress=not args.no_progress,
         )
     )
