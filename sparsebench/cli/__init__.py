@@ -8,7 +8,7 @@ import sys
 
 from sparsebench.errors import SparsebenchError
 
-SUBCOMMANDS = ("run", "sweep", "report", "reproduce", "bench", "list", "data")
+SUBCOMMANDS = ("run", "sweep", "report", "reproduce", "bench", "list", "data", "gc")
 
 
 def package_version() -> str:
@@ -54,3 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     except SparsebenchError as exc:
         print(f"sparsebench: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Ctrl-C while data loads, a run is planned or a store is read. Commands that can leave
+        # work half done say what was kept themselves (a training run marks itself KILLED and keeps
+        # its checkpoint; report and sweep too); elsewhere one line and the shell's code for SIGINT.
+        print(f"sparsebench {args.command}: interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
