@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from sparsebench.errors import SparsebenchError
@@ -60,3 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         # its checkpoint; report and sweep too); elsewhere one line and the shell's code for SIGINT.
         print(f"sparsebench {args.command}: interrupted (Ctrl-C)", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # ``sparsebench list | head``: the reader left; the rest of stdout goes nowhere, quietly.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141

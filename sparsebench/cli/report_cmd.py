@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
+from pathlib import Path
+from typing import Any
 
 EXAMPLES = """examples:
   sparsebench report --task lenet300_100 --name lenet300_100
@@ -12,6 +15,7 @@ EXAMPLES = """examples:
   sparsebench report --experiment sparsebench --tag campaign=mnist-v1 --name mnist
   sparsebench report --task lenet300_100 --param train.epochs=200 --name lenet300_100-full
   sparsebench report --sweep <sweep parent run id or name> --name sweep-svd --levels 20 50 100
+  sparsebench report --task lenet5 --name lenet5 --json    # what was written, for scripts
   sparsebench reproduce reports/lenet5-svd --dry-run
 """
 
@@ -58,6 +62,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite under ./mlruns)",
     )
     p.add_argument("--no-mlflow", action="store_true", help="do not log the report to MLflow")
+    p.add_argument(
+        "--json", action="store_true", help="print what was written (folder, files, runs, tables) as JSON"
+    )
     p.set_defaults(handler=handle)
 
 
@@ -127,8 +134,11 @@ def _report(args: argparse.Namespace) -> int:
         command=" ".join(shlex.quote(f) for f in flags),
     )
     result = make_report(request)
-    for task, table in result.summaries.items():
-        print(f"## {task}\n\n{table}\n")
+    if args.json:  # stdout carries the JSON only
+        print(json.dumps(result_json(result), indent=2))
+    else:
+        for task, table in result.summaries.items():
+            print(f"## {task}\n\n{table}\n")
     print(
         f"wrote {result.folder}/report.md and report.html ({len(result.files)} files, {result.runs} runs)",
         file=sys.stderr,
@@ -139,3 +149,18 @@ def _report(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def result_json(result: Any) -> dict[str, Any]:
+    """What a script needs from a report: where it is, its files, how many runs, each task's table."""
+    folder = result.folder
+    return {
+        "folder": str(folder),
+        "files": sorted(
+            str(Path(f).relative_to(folder)) if Path(f).is_relative_to(folder) else str(f)
+            for f in result.files
+        ),
+        "runs": result.runs,
+        "mlflow_run_id": result.mlflow_run_id,
+        "tables": dict(result.summaries),
+    }

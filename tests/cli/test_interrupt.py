@@ -88,3 +88,16 @@ def test_sigint_while_a_real_process_loads_data(mnist_dir: Path, tmp_path: Path)
     assert proc.returncode == 130, "".join(seen) + err
     assert "Traceback" not in err and err == "sparsebench run: interrupted (Ctrl-C)\n"
     assert out == ""
+
+
+def test_a_reader_that_leaves_early_is_no_traceback(tmp_path: Path) -> None:
+    """``sparsebench list --json | head -1``: the pipe closes before the output is written."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the command writes
+    proc = subprocess.run(
+        [sys.executable, "-m", "sparsebench", "list", "--verbose"],
+        stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120,
+    )  # fmt: skip
+    os.close(write_end)
+    assert proc.returncode == 141, proc.stderr
+    assert proc.stderr == ""
