@@ -72,7 +72,7 @@ def finish(
     log_artifacts(plan, exported, masks, table, curve, tracker)
     source = source or RecordSource()
     if not source.tags:
-        source.tags = user_tags(tracker.client.get_run(tracker.run_id).data.tags)
+        source.tags = user_tags(tracker.tags())
     record = build_record(plan, tracker, metrics, table, curve, source)
     tracker.log_text(record.to_json(), RECORD_NAME)
     tracker.set_tags({"row": row})
@@ -134,10 +134,7 @@ def user_tags(tags: dict[str, str]) -> dict[str, str]:
 
 def epoch_points(tracker: Tracker) -> list[EpochPoint]:
     """The per-epoch validation curve as logged (a resumed run's earlier epochs included)."""
-    history = {
-        key: {m.step: m.value for m in tracker.client.get_metric_history(tracker.run_id, key)}
-        for key in ("val_metric", "sparsity", "epoch_seconds")
-    }
+    history = {key: tracker.metric_history(key) for key in ("val_metric", "sparsity", "epoch_seconds")}
     return [
         EpochPoint(
             epoch=step,
@@ -162,13 +159,9 @@ def log_artifacts(
         tmpdir = Path(tmp)
         table.to_csv(tmpdir / "per_layer.csv", index=False)
         tracker.log_artifact(tmpdir / "per_layer.csv")
-        model_dir = tmpdir / "model"
-        model_dir.mkdir()
-        torch.save(
-            {"state_dict": exported.state_dict(), "masks": {k: v.cpu() for k, v in masks.items()}},
-            model_dir / "model.pt",
-        )
-        tracker.log_artifact(model_dir / "model.pt", "model")
+        # model/: an mlflow.pytorch model, and model.pt (state dict and masks) that sparsebench reads.
+        saved = {"state_dict": exported.state_dict(), "masks": {k: v.cpu() for k, v in masks.items()}}
+        tracker.log_model(exported, plan.task.example_input(torch.device("cpu")), {"model.pt": saved})
         (tmpdir / "config.json").write_text(json.dumps(plan.flat_config(), indent=2))
         tracker.log_artifact(tmpdir / "config.json")
         if curve is not None:

@@ -16,7 +16,7 @@ from sparsebench.run import checkpoint
 from sparsebench.run.finish import RecordSource, finish, user_tags
 from sparsebench.run.loop import place_model
 from sparsebench.run.plan import RunRequest, RunResult, plan_run, resolve_device
-from sparsebench.tracking import Tracker, default_tracking_uri, environment
+from sparsebench.tracking import Tracker, environment, open_store, resolve_run_id, run_tags
 
 
 def refinish(request: RunRequest, source: str) -> RunResult:
@@ -25,17 +25,13 @@ def refinish(request: RunRequest, source: str) -> RunResult:
     The new run carries the source's config and its tags (study, init_from, ...); reports then
     show it in place of the source.
     """
-    from sparsebench.tracking import make_client, resolve_run_id
-
-    client = make_client(request.tracking_uri)
-    source = resolve_run_id(client, source, "--refinish")
-    source_tags = client.get_run(source).data.tags
+    store = open_store(request.tracking_uri)
+    source = resolve_run_id(store, source, "--refinish")
+    source_tags = run_tags(store, source)
     trained, tags = source, source_tags  # a re-finished run has no checkpoint: use its training run's
     while parent := tags.get("refinished_from"):
-        trained, tags = parent, client.get_run(parent).data.tags
-    ckpt = checkpoint.load(
-        trained, checkpoint.checkpoint_root(request.tracking_uri or default_tracking_uri())
-    )
+        trained, tags = parent, run_tags(store, parent)
+    ckpt = checkpoint.load(trained, checkpoint.checkpoint_root(store.uri))
     plan = plan_run(ckpt["task"], ckpt["method"], ckpt["config"])
     task, method, cfg = plan.task, plan.method, plan.train
     if ckpt["epoch"] < cfg.epochs:
@@ -52,13 +48,14 @@ def refinish(request: RunRequest, source: str) -> RunResult:
     model.load_state_dict(ckpt["model"])
     inherited = user_tags(source_tags)  # study=..., init_from; not what describes the old finish
     tracker = Tracker.open(
-        request.tracking_uri,
+        store,
         request.experiment,
         tags={**inherited, **request.tags, "refinished_from": source},
         run_name=f"{task.name}-{method.name}-refinished",
     )
     tracker.log_params(plan.flat_config())
     tracker.set_tags({**environment(), "device": str(device)})
+    tracker.log_source()
     tracker.copy_curves(source)
     try:
         return finish(plan, model, splits, tracker, device, RecordSource(data_root(request.data_dir)))

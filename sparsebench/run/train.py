@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -33,7 +32,7 @@ from sparsebench.run.loop import (
 )
 from sparsebench.run.plan import Plan, RunRequest, RunResult, check_fits_data, plan_run, resolve_device
 from sparsebench.task import Splits
-from sparsebench.tracking import Tracker, default_tracking_uri, environment
+from sparsebench.tracking import Tracker, environment, load_exported_file, open_store, resolve_run_id
 
 COMPILE_MIN_STEPS = 5000
 """Below this many steps, compiling (seconds per layer shape) costs more than it saves."""
@@ -64,7 +63,10 @@ def train(request: RunRequest) -> RunResult:
     The run's lock is held from before its checkpoint is read until it stops, so a second process
     cannot train the same run; a finished run's checkpoint is deleted unless ``keep_checkpoint``.
     """
-    root = checkpoint.checkpoint_root(request.tracking_uri or default_tracking_uri())
+    # The store is opened (and a bad one reported) before anything else; its URI, resolved once,
+    # is the one every later step of the run uses.
+    request = replace(request, tracking_uri=open_store(request.tracking_uri).uri)
+    root = checkpoint.checkpoint_root(request.tracking_uri)
     checkpoint.probe_writable(root, "checkpoint folder")
     if request.record_path is not None:
         record.probe_target(Path(request.record_path))
@@ -237,6 +239,8 @@ def open_session(request: RunRequest, root: Path) -> Session:
         checkpoint.restore_rng(ckpt["rng"], generator)
         start_epoch, step = ckpt["epoch"], ckpt["step"]
     tracker = open_tracker(request, plan, device, root, resumed=ckpt is not None)
+    if ckpt is None:
+        log_dataset(tracker, task, splits)
     if cfg.compile == "always" or (
         cfg.compile == "auto" and cfg.epochs * steps_per_epoch >= COMPILE_MIN_STEPS
     ):
@@ -260,20 +264,27 @@ def open_tracker(request: RunRequest, plan: Plan, device: torch.device, root: Pa
         )
         tracker.log_params(plan.flat_config())
         tracker.set_tags({**environment(), "device": str(device), "init_from": request.init_from or ""})
+        tracker.log_source()
     tracker.set_tags({"checkpoint": str(checkpoint.checkpoint_path(tracker.run_id, root).absolute())})
     return tracker
 
 
+def log_dataset(tracker: Tracker, task: Any, splits: Splits) -> None:
+    """The task's data as MLflow dataset inputs (name, digest, size of each split), as MLflow users expect."""
+    files = tuple(task.data_files)
+    name = files[0].split("/", 1)[0] if files and "/" in files[0] else task.name
+    roles = {"train": splits.train, "validation": splits.val, "test": splits.test}
+    tracker.log_dataset(name, roles, {"task": task.name, "files": ",".join(files)})
+
+
 def load_init(model: torch.nn.Module, run_id: str, tracking_uri: str | None) -> None:
     """Start from the exported weights of an earlier run (e.g. dense pretraining)."""
-    from sparsebench.tracking import make_client
+    from sparsebench.tracking import load_exported as exported_of_run
 
-    client = make_client(tracking_uri)
-    try:
-        local = client.download_artifacts(run_id, "model/model.pt", tempfile.mkdtemp())
-    except Exception as exc:
-        raise RunNotFoundError(f"--init-from {run_id}: no exported model in that run ({exc})") from exc
-    state = load_exported(local, f"--init-from {run_id}")
+    exported = exported_of_run(tracking_uri, run_id, f"--init-from {run_id}")
+    if exported is None:
+        raise RunNotFoundError(f"--init-from {run_id}: no exported model (model/model.pt) in that run")
+    state = exported["state_dict"]
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
@@ -284,15 +295,7 @@ def load_init(model: torch.nn.Module, run_id: str, tracking_uri: str | None) -> 
 
 def load_exported(path: str | Path, what: str) -> dict[str, torch.Tensor]:
     """The state dict of an exported ``model.pt``, loaded without running code from the file."""
-    import pickle
-    import zipfile
-
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-        return payload["state_dict"]
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, KeyError, TypeError) as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise ConfigError(f"{what}: its model.pt cannot be loaded safely ({reason})") from None
+    return load_exported_file(path, what)["state_dict"]
 
 
 def with_full_run_ids(request: RunRequest, root: Path) -> RunRequest:
@@ -300,10 +303,8 @@ def with_full_run_ids(request: RunRequest, root: Path) -> RunRequest:
     if request.resume:
         request = replace(request, resume=checkpoint.full_run_id(request.resume, root))
     if request.init_from:
-        from sparsebench.tracking import make_client, resolve_run_id
-
-        client = make_client(request.tracking_uri)
-        request = replace(request, init_from=resolve_run_id(client, request.init_from, "--init-from"))
+        store = open_store(request.tracking_uri)
+        request = replace(request, init_from=resolve_run_id(store, request.init_from, "--init-from"))
     return request
 
 
