@@ -181,3 +181,73 @@ def data_checksums(data_dir: Path, patterns: tuple[str, ...]) -> dict[str, str]:
                 sums[stem] = digest.hexdigest()
                 break
     return sums
+
+
+MODEL_SUFFIX = ".model.npz"
+"""A record's exported model lives beside it: ``<row>-seed<k>.json`` and ``<row>-seed<k>.model.npz``."""
+MODEL_FORMAT = "sparsebench-csr-1"
+
+
+def model_arrays(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """An exported state dict as arrays: every floating tensor of 2+ dimensions as a CSR matrix of
+    its rows (a convolution's filters flattened), everything else dense.
+
+    CSR of the exported model keeps exactly its nonzero weights: a sparse LeNet is 20-200 KB, so it
+    can be committed beside its record and counted, reported or timed again without retraining.
+    """
+    import numpy as np
+    import scipy.sparse
+
+    arrays: dict[str, Any] = {"__format__": np.array(MODEL_FORMAT)}
+    for name, tensor in state_dict.items():
+        values = tensor.detach().cpu()
+        if values.dim() >= 2 and values.is_floating_point():
+            matrix = scipy.sparse.csr_matrix(values.reshape(values.shape[0], -1).numpy())
+            arrays[f"{name}::data"] = matrix.data
+            arrays[f"{name}::indices"] = matrix.indices.astype(np.int32)
+            arrays[f"{name}::indptr"] = matrix.indptr.astype(np.int64)
+            arrays[f"{name}::shape"] = np.array(values.shape, dtype=np.int64)
+        else:
+            arrays[f"{name}::dense"] = values.numpy()
+    return arrays
+
+
+def write_model(state_dict: dict[str, Any], path: Path) -> int:
+    """Write the model file atomically (replacing a leftover of a cell whose record was never written);
+    returns its size in bytes."""
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+    np.savez_compressed(tmp, **model_arrays(state_dict))
+    size = tmp.stat().st_size
+    tmp.replace(path)
+    return size
+
+
+def read_model(path: Path) -> dict[str, Any]:
+    """The state dict of a model file, as float tensors; no pickled object is ever loaded."""
+    import numpy as np
+    import scipy.sparse
+    import torch
+
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            arrays = {key: stored[key] for key in stored.files}
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read model file {path}: {exc}") from None
+    if str(arrays.pop("__format__", "")) != MODEL_FORMAT:
+        raise ConfigError(f"{path} is not a sparsebench model file ({MODEL_FORMAT})")
+    state: dict[str, Any] = {}
+    for key in sorted(arrays):
+        name, _, part = key.rpartition("::")
+        if part == "dense":
+            state[name] = torch.from_numpy(arrays[key].copy())
+        elif part == "shape":
+            shape = tuple(int(v) for v in arrays[key])
+            csr = scipy.sparse.csr_matrix(
+                (arrays[f"{name}::data"], arrays[f"{name}::indices"], arrays[f"{name}::indptr"]),
+                shape=(shape[0], int(np.prod(shape[1:]))),
+            )
+            state[name] = torch.from_numpy(csr.toarray()).reshape(shape)
+    return state

@@ -278,10 +278,14 @@ def log_dataset(tracker: Tracker, task: Any, splits: Splits) -> None:
 
 
 def load_init(model: torch.nn.Module, run_id: str, tracking_uri: str | None) -> None:
-    """Start from the exported weights of an earlier run (e.g. dense pretraining)."""
+    """Start from the exported weights of an earlier run (e.g. dense pretraining): a run id, or the
+    model file beside a run record (``<row>-seed<k>.model.npz``: how a campaign row starts from another)."""
     from sparsebench.tracking import load_exported as exported_of_run
 
-    exported = exported_of_run(tracking_uri, run_id, f"--init-from {run_id}")
+    if run_id.endswith(record.MODEL_SUFFIX):
+        exported = {"state_dict": record.read_model(Path(run_id))}
+    else:
+        exported = exported_of_run(tracking_uri, run_id, f"--init-from {run_id}")
     if exported is None:
         raise RunNotFoundError(f"--init-from {run_id}: no exported model (model/model.pt) in that run")
     state = exported["state_dict"]
@@ -302,7 +306,7 @@ def with_full_run_ids(request: RunRequest, root: Path) -> RunRequest:
     """``--resume`` and ``--init-from`` accept the short ids that tables and logs print."""
     if request.resume:
         request = replace(request, resume=checkpoint.full_run_id(request.resume, root))
-    if request.init_from:
+    if request.init_from and not request.init_from.endswith(record.MODEL_SUFFIX):
         store = open_store(request.tracking_uri)
         request = replace(request, init_from=resolve_run_id(store, request.init_from, "--init-from"))
     return request
