@@ -32,7 +32,14 @@ from sparsebench.run.loop import (
 )
 from sparsebench.run.plan import Plan, RunRequest, RunResult, check_fits_data, plan_run, resolve_device
 from sparsebench.task import Splits
-from sparsebench.tracking import Tracker, environment, load_exported_file, open_store, resolve_run_id
+from sparsebench.tracking import (
+    Tracker,
+    environment,
+    load_exported_file,
+    open_store,
+    resolve_run_id,
+    resolve_uri,
+)
 
 COMPILE_MIN_STEPS = 5000
 """Below this many steps, compiling (seconds per layer shape) costs more than it saves."""
@@ -63,9 +70,9 @@ def train(request: RunRequest) -> RunResult:
     The run's lock is held from before its checkpoint is read until it stops, so a second process
     cannot train the same run; a finished run's checkpoint is deleted unless ``keep_checkpoint``.
     """
-    # The store is opened (and a bad one reported) before anything else; its URI, resolved once,
-    # is the one every later step of the run uses.
-    request = replace(request, tracking_uri=open_store(request.tracking_uri).uri)
+    # Resolved once: every later step of the run uses this store (opened when the run is opened,
+    # after the request was checked, so a bad setting leaves no new store behind).
+    request = replace(request, tracking_uri=resolve_uri(request.tracking_uri))
     root = checkpoint.checkpoint_root(request.tracking_uri)
     checkpoint.probe_writable(root, "checkpoint folder")
     if request.record_path is not None:
