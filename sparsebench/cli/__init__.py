@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
 
 from sparsebench.errors import SparsebenchError
 
-SUBCOMMANDS = ("run", "sweep", "report", "reproduce", "bench", "list", "data", "gc")
+SUBCOMMANDS = ("run", "sweep", "report", "reproduce", "bench", "list", "data", "gc", "completion")
 
 
 def package_version() -> str:
@@ -63,5 +64,6 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         # ``sparsebench list | head``: the reader left; the rest of stdout goes nowhere, quietly.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        with contextlib.suppress(OSError, ValueError):  # a stdout without a descriptor (tests)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
