@@ -206,7 +206,7 @@ def _check_server(uri: str) -> None:
     except ModuleNotFoundError as exc:
         raise TrackingStoreError(
             f"tracking URI {mask_uri(uri)} needs the Python package {exc.name!r}, which is not installed; "
-            f"{_driver_hint(scheme)}"
+            f"{_driver_hint(scheme, exc.name or '')}"
         ) from None
     except Exception as exc:
         raise TrackingStoreError(f"tracking URI {mask_uri(uri)} is not valid: {_first_line(exc)}") from None
@@ -222,7 +222,12 @@ def _check_server(uri: str) -> None:
         engine.dispose()
 
 
-def _driver_hint(scheme: str) -> str:
+def _driver_hint(scheme: str, module: str) -> str:
+    if scheme == "postgresql" and module.startswith("psycopg2"):
+        return (
+            "write the URI as postgresql://... (psycopg 3, installed by pip install 'sparsebench[postgres]') "
+            "or pip install psycopg2-binary"
+        )
     if scheme == "postgresql":
         return "install it with: pip install 'sparsebench[postgres]'"
     return "install the SQLAlchemy driver the URI names"
