@@ -10,7 +10,12 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from sparsebench.cli._common import add_env_flags, env_from
+
+if TYPE_CHECKING:
+    from sparsebench.env import Env
 
 EXAMPLES = """examples:
   sparsebench run --method sparsevd --task lenet300_100
@@ -52,15 +57,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="print the full resolved configuration as YAML (usable as --config) and exit without running",
     )
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
-    p.add_argument(
-        "--data-dir", help="dataset root (default: $SPARSEBENCH_DATA, else ~/.cache/sparsebench/data)"
-    )
-    p.add_argument(
-        "--tracking-uri",
-        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite under ./mlruns)",
-    )
-    p.add_argument("--experiment", default="sparsebench", help="MLflow experiment name")
+    add_env_flags(p)
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint")
     p.add_argument("--init-from", metavar="RUN", help="initialise from the exported model of an earlier run")
     p.add_argument(
@@ -99,8 +96,9 @@ def handle(args: argparse.Namespace) -> int:
         return print_config(args, overrides)
     if args.config:  # a bad value in the file: one line naming the file, before any data is read
         plan_from_file(args, overrides)
+    env = env_from(args)  # resolved once; an unknown store scheme is refused before any data is read
     with _sigterm_as_interrupt():
-        result = _train(args, overrides)
+        result = _train(args, overrides, env)
     if result.status != "FINISHED":
         return 130 if result.status == "KILLED" else 0
     if args.json:
@@ -119,7 +117,7 @@ def handle(args: argparse.Namespace) -> int:
         cols = ["layer", "shape", "weights", "nonzeros", "sparsity", "out_units_removed", "in_units_removed"]
         print(result.table[cols].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
         print(result.row)
-    print(f"MLflow run {result.run_id}; open it with: {_ui_hint(args.tracking_uri)}", file=sys.stderr)
+    print(f"MLflow run {result.run_id}; open it with: {_ui_hint(env)}", file=sys.stderr)
     return 0
 
 
@@ -211,16 +209,17 @@ def print_config(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     return 0
 
 
-def _ui_hint(tracking_uri: str | None) -> str:
-    """The ``mlflow ui`` command for the store, shell-quoted, with any password masked."""
+def _ui_hint(store: Env | str) -> str:
+    """The ``mlflow ui`` command for the store (an Env or its URI), shell-quoted, password masked."""
     import shlex
 
-    from sparsebench.tracking import default_tracking_uri, mask_uri
+    from sparsebench.tracking import mask_uri
 
-    return f"mlflow ui --backend-store-uri {shlex.quote(mask_uri(tracking_uri or default_tracking_uri()))}"
+    uri = store if isinstance(store, str) else store.tracking_uri
+    return f"mlflow ui --backend-store-uri {shlex.quote(mask_uri(uri))}"
 
 
-def _train(args: argparse.Namespace, overrides: dict[str, Any]) -> Any:
+def _train(args: argparse.Namespace, overrides: dict[str, Any], env: Env) -> Any:
     from sparsebench.config import parse_assignment
     from sparsebench.run.plan import RunRequest
     from sparsebench.run.refinish import refinish
@@ -230,10 +229,10 @@ def _train(args: argparse.Namespace, overrides: dict[str, Any]) -> Any:
         task=args.task or "",
         method=args.method or "",
         overrides=overrides,
-        device=args.device,
-        data_dir=args.data_dir,
-        tracking_uri=args.tracking_uri,
-        experiment=args.experiment,
+        device=env.device,
+        data_dir=str(env.data_dir),
+        tracking_uri=env.tracking_uri,
+        experiment=env.experiment,
         resume=args.resume,
         init_from=args.init_from,
         stop_after=args.stop_after,
