@@ -43,7 +43,6 @@ __all__ = [
     "Tracker",
     "TrackingStoreError",
     "default_tracking_uri",
-    "ensure_experiment",
     "environment",
     "is_run_prefix",
     "load_exported",
@@ -63,8 +62,3 @@ __all__ = [
 def make_client(tracking_uri: str | None) -> Any:
     """The cached MLflow client of a store (prefer ``open_store``, which also creates experiments)."""
     return open_store(tracking_uri).client
-
-
-def ensure_experiment(client: Any, name: str, tracking_uri: str | None) -> str:
-    """The id of experiment ``name`` in the store of ``tracking_uri`` (prefer ``Store.experiment_id``)."""
-    return open_store(tracking_uri).experiment_id(name) or ""
