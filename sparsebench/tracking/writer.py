@@ -30,9 +30,9 @@ MODEL_FOLDER = "model"
 class Tracker:
     """One MLflow run."""
 
-    def __init__(self, store: Store | Any, run_id: str) -> None:
-        self.store = store if isinstance(store, Store) else None
-        self.client = store.client if isinstance(store, Store) else store
+    def __init__(self, store: Store, run_id: str) -> None:
+        self.store = store
+        self.client = store.client
         self.run_id = run_id
 
     @classmethod
