@@ -16,6 +16,7 @@ from sparsebench.run import checkpoint
 from sparsebench.run.finish import RecordSource, finish, user_tags
 from sparsebench.run.loop import place_model
 from sparsebench.run.plan import RunRequest, RunResult, plan_run, resolve_device
+from sparsebench.run.train import log_dataset
 from sparsebench.tracking import Tracker, environment, open_store, resolve_run_id, run_tags
 
 
@@ -56,6 +57,7 @@ def refinish(request: RunRequest, source: str) -> RunResult:
     tracker.log_params(plan.flat_config())
     tracker.set_tags({**environment(), "device": str(device)})
     tracker.log_source()
+    log_dataset(tracker, task, splits)
     tracker.copy_curves(source)
     try:
         return finish(plan, model, splits, tracker, device, RecordSource(data_root(request.data_dir)))
