@@ -14,7 +14,7 @@ import os
 import platform
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -177,7 +177,7 @@ def bench_formats(
     chosen = [FORMATS["dense"], *(FORMATS[n] for n in dict.fromkeys(formats or FORMATS) if n != "dense")]
     reference_model = FORMATS["dense"].build(model, example, device)
     rows: list[dict[str, Any]] = []
-    dense_ms: dict[int, float] = {}
+    timer = _Timer(inputs, device, reset, repeats, warmup, compression)
     dense_bytes = storage_bytes(reference_model)
     for fmt in chosen:
         if not fmt.applies_to(model):
@@ -191,40 +191,58 @@ def bench_formats(
             continue
         check = compare(built, reference_model, inputs, device, reset)
         size = storage_bytes(built)
-        checked = {**base, "max_abs_diff": check.max_abs_diff, "agreement": check.agreement, "bytes": size,
-                   "size_ratio": dense_bytes / max(1, size)}  # fmt: skip
+        checked = {
+            **base,
+            "max_abs_diff": check.max_abs_diff,
+            "agreement": check.agreement,
+            "bytes": size,
+            "size_ratio": dense_bytes / max(1, size),
+        }
         if not check.ok:
             worst = check.max_abs_diff
             reason = f"outputs differ from dense by up to {worst:.3g} (tolerance {ATOL} + {RTOL}|y|)"
             rows += [{**checked, "batch_size": b, "status": "failed", "reason": reason} for b in batch_sizes]
             continue
-        for size_b in batch_sizes:
-            x = _batch(inputs, size_b, device)
-            with torch.inference_mode():
-                # Reset inside the timed call for every format alike: each call is a fresh sequence.
-                timing = measure(
-                    lambda m=built, x=x: (reset(m), m(x)), device, repeats=repeats, warmup=warmup
-                )
-            ms = timing.median_s * 1000
-            if fmt.name == "dense":
-                dense_ms[size_b] = ms
-            speedup = dense_ms[size_b] / ms
-            rows.append(
-                {
-                    **checked,
-                    "batch_size": size_b,
-                    "status": "ok",
-                    "reason": "slower than dense" if speedup < 1 else "",
-                    "ms": ms,
-                    "ms_q1": timing.q1_s * 1000,
-                    "ms_q3": timing.q3_s * 1000,
-                    "examples_per_s": size_b / timing.median_s,
-                    "speedup": speedup,
-                    "ideal": compression,
-                    "fraction_of_ideal": speedup / compression,
-                }
-            )
+        rows += [{**checked, **timer.row(fmt.name, built, b)} for b in batch_sizes]
     return pd.DataFrame(rows)
+
+
+@dataclass
+class _Timer:
+    """Times one checked format at one batch size, against dense timed earlier in the same process."""
+
+    inputs: torch.Tensor
+    device: torch.device
+    reset: Reset
+    repeats: int
+    warmup: int
+    compression: float
+    dense_ms: dict[int, float] = field(default_factory=dict)
+
+    def row(self, name: str, built: nn.Module, batch_size: int) -> dict[str, Any]:
+        x = _batch(self.inputs, batch_size, self.device)
+        reset = self.reset
+        with torch.inference_mode():
+            # Reset inside the timed call for every format alike: each call is a fresh sequence.
+            timing = measure(
+                lambda: (reset(built), built(x)), self.device, repeats=self.repeats, warmup=self.warmup
+            )
+        ms = timing.median_s * 1000
+        if name == "dense":
+            self.dense_ms[batch_size] = ms
+        speedup = self.dense_ms[batch_size] / ms
+        return {
+            "batch_size": batch_size,
+            "status": "ok",
+            "reason": "slower than dense" if speedup < 1 else "",
+            "ms": ms,
+            "ms_q1": timing.q1_s * 1000,
+            "ms_q3": timing.q3_s * 1000,
+            "examples_per_s": batch_size / timing.median_s,
+            "speedup": speedup,
+            "ideal": self.compression,
+            "fraction_of_ideal": speedup / self.compression,
+        }
 
 
 def _build(fmt: Format, model: nn.Module, example: torch.Tensor, device: torch.device) -> tuple[Any, str]:

@@ -8,12 +8,16 @@ synchronisation, so queued kernels are counted and host overhead is not hidden.
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
+BUSY_LOAD_PER_CORE = 0.5
+"""Above this 1-minute load average per core, other processes take a share of the timed code's time."""
 
 
 @dataclass(frozen=True)
@@ -67,3 +71,18 @@ def measure(
     else:
         q1 = median = q3 = per_call[0]
     return Timing(median, q1, q3, calls, len(per_call))
+
+
+def busy_machine() -> tuple[float, int] | None:
+    """(1-minute load average, cores) when the machine is busy, else None (also where load is unknown).
+
+    On a loaded machine the timed code waits for cores in bursts, unevenly across formats and
+    methods: with torch's default thread count an identical dense copy of a model was once timed
+    at 51.6x the original; with one thread it came out at 1.00x.
+    """
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # no load average on this platform
+        return None
+    cores = os.cpu_count() or 1
+    return (load, cores) if load > BUSY_LOAD_PER_CORE * cores else None

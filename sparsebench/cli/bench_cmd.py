@@ -14,9 +14,10 @@ from sparsebench.cli._common import add_env_flags, env_from
 
 EXAMPLES = """examples:
   sparsebench bench 8d665fe2e6944fd1b39652a56b87c492
-  sparsebench bench --runs RUN1 RUN2 --threads 1 --batch-sizes 1 64 1024
+  sparsebench bench --runs RUN1 RUN2 --batch-sizes 1 64 1024
+  sparsebench bench RUN --threads 0          # every core (torch's default) instead of one
   sparsebench bench RUN --formats dense thinned thinned_scipy_csr --device cuda
-  sparsebench bench --break-even --tasks lenet300_100 lenet5 --threads 1
+  sparsebench bench --break-even --tasks lenet300_100 lenet5
   sparsebench bench --train --tasks lenet300_100 --methods dense sparse_vd --steps 300
 """
 
@@ -37,7 +38,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--break-even", action="store_true", help="sweep random masks per layer shape of --tasks")
     p.add_argument("--train", action="store_true", help="training throughput of --methods on --tasks")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads while timing (default 1: ratios stay honest on a shared machine; "
+        "0 = torch's default, every core)",
+    )
     p.add_argument("--json", action="store_true", help="print the table as JSON records")
     inference = p.add_argument_group("inference (RUN ...)")
     inference.add_argument("--formats", nargs="+", help="formats to time (default: all; see below)")
@@ -85,6 +92,8 @@ def handle(args: argparse.Namespace) -> int:
         raise ConfigError(
             "give run ids to time their inference, or --break-even, or --train (exactly one of them)"
         )
+    if args.threads < 0:
+        raise ConfigError(f"--threads must be 1 or more (0: torch's default), got {args.threads}")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -93,6 +102,28 @@ def handle(args: argparse.Namespace) -> int:
     if args.break_even:
         return _break_even(args, device)
     return _inference(args, runs, device)
+
+
+def warn_if_busy(args: argparse.Namespace) -> None:
+    """Say loudly, once, that a busy machine makes timings unreliable.
+
+    Called after the input was checked (bad input stays one line) and before anything is timed.
+    """
+    import sys
+
+    from sparsebench.bench.timing import busy_machine
+
+    if getattr(args, "busy_checked", False):
+        return
+    args.busy_checked = True
+    busy = busy_machine()
+    if busy is not None:
+        load, cores = busy
+        print(
+            f"sparsebench bench: WARNING: this machine is busy (1-minute load {load:.1f} on {cores} cores): "
+            "timings and speedups can be off by a large factor; time on an idle machine, with --threads 1",
+            file=sys.stderr,
+        )
 
 
 def _inference(args: argparse.Namespace, runs: list[str], device: Any) -> int:
@@ -119,6 +150,7 @@ def _inference(args: argparse.Namespace, runs: list[str], device: Any) -> int:
     tables = []
     for run_id in resolve_runs(store, runs):  # full ids first: a typo costs no timing
         run = load_run(run_id, store, where.data_dir)
+        warn_if_busy(args)
         env = environment(device)
         table = bench_formats(
             run.model,
@@ -197,9 +229,10 @@ def _break_even(args: argparse.Namespace, device: Any) -> int:
         from sparsebench.errors import ConfigError
 
         raise ConfigError("scipy.sparse runs on the CPU only; use --backends torch on a GPU")
+    tasks = [TASKS.get(name)() for name in args.tasks]  # a misspelt name is refused before any timing
+    warn_if_busy(args)
     sweeps = []
-    for name in args.tasks:
-        task = TASKS.get(name)()
+    for task in tasks:
         model = task.build_model()
         for shape in layer_shapes(model, task.example_input(torch.device("cpu"))):
             for batch in args.batch_sizes:
@@ -231,11 +264,17 @@ def _threads() -> int:
 def _train(args: argparse.Namespace, device: Any) -> int:
     from sparsebench.bench.train import OP_KINDS, PHASES, bench
     from sparsebench.errors import ConfigError
+    from sparsebench.registry import METHODS, TASKS
 
     if args.rounds < 1 or args.steps < args.rounds:
         raise ConfigError(
             f"--rounds must be >= 1 and --steps >= --rounds (got {args.steps} steps, {args.rounds} rounds)"
         )
+    for name in args.tasks:  # misspelt names are refused before any timing
+        TASKS.get(name)
+    for name in args.methods:
+        METHODS.get(name)
+    warn_if_busy(args)
     table = bench(
         args.tasks,
         args.methods,
