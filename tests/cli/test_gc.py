@@ -136,3 +136,33 @@ def test_bad_input_is_one_line(
     assert result.code == 2
     assert len(result.err.splitlines()) == 1 and expected in result.err, result.err
     assert (tmp_path / "checkpoints" / ("ab" * 16)).exists() and not db.exists()
+
+
+def test_real_runs_beside_their_store(
+    mnist_dir: Path,
+    tmp_path: Path,
+    empty_tracking_store: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    run_cli: Callable[..., CliResult],
+) -> None:
+    """Checkpoints that real runs leave beside the store: the kept one of a finished run goes, a paused
+    run's stays until --older-than; gc finds them from another working directory."""
+    from tests.conftest import copy_tracking_store
+
+    monkeypatch.delenv("SPARSEBENCH_CHECKPOINTS")
+    uri = copy_tracking_store(empty_tracking_store, tmp_path / "store")
+    base = ["run", "--method", "dense", "--task", "lenet300_100", "--data-dir", mnist_dir,
+            "--tracking-uri", uri, "--set", "train.val_size=200", "--no-progress", "--json"]  # fmt: skip
+    finished = run_cli(*base, "--set", "train.epochs=1", "--keep-checkpoint")
+    assert finished.code == 0, finished.err
+    kept_id = json.loads(finished.out)["run_id"]
+    paused = run_cli(*base, "--set", "train.epochs=2", "--stop-after", "1")
+    assert paused.code == 0, paused.err
+    root = tmp_path / "store" / "checkpoints"
+    (paused_id,) = {p.name for p in root.iterdir() if p.is_dir()} - {kept_id}
+    monkeypatch.chdir(tmp_path)
+    result = json.loads(run_cli("gc", "--tracking-uri", uri, "--json").out)
+    assert [f["run_id"] for f in result["removed"]] == [kept_id] and result["bytes_freed"] > 1_000_000
+    assert [(f["run_id"], f["status"]) for f in result["kept"]] == [(paused_id, "KILLED")]
+    assert run_cli("gc", "--tracking-uri", uri, "--older-than", "0").code == 0
+    assert list(root.iterdir()) == []
