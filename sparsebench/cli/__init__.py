@@ -10,7 +10,9 @@ import sys
 
 from sparsebench.errors import SparsebenchError
 
-SUBCOMMANDS = ("run", "sweep", "report", "reproduce", "bench", "list", "data", "gc", "completion")
+SUBCOMMANDS = (
+    "run", "sweep", "campaign", "report", "reproduce", "import", "bench", "list", "data", "gc", "completion"
+)  # fmt: skip
 
 
 def package_version() -> str:

@@ -17,6 +17,9 @@ EXAMPLES = """examples:
   sparsebench report --sweep <sweep parent run id or name> --name sweep-svd --levels 20 50 100
   sparsebench report --task lenet5 --name lenet5 --json    # what was written, for scripts
   sparsebench reproduce reports/lenet5-svd --dry-run
+  sparsebench report --records reports/mnist --out /tmp/mnist-report   # from run records, no store
+  sparsebench report --records reports/mnist --leaderboard              # README's leaderboard block
+  sparsebench report --records reports/mnist --leaderboard --readme README.md   # rewrite it there
 """
 
 
@@ -65,6 +68,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--json", action="store_true", help="print what was written (folder, files, runs, tables) as JSON"
     )
+    records = p.add_argument_group("from run records (no tracking store)")
+    records.add_argument(
+        "--records", metavar="DIR", help="a campaign's results folder (DIR/runs/*.json); needs --out"
+    )
+    records.add_argument(
+        "--leaderboard", action="store_true", help="print README's leaderboard block from the records"
+    )
+    records.add_argument(
+        "--readme", metavar="FILE", help="with --leaderboard: write the block between FILE's markers"
+    )
     p.set_defaults(handler=handle)
 
 
@@ -105,10 +118,76 @@ def handle(args: argparse.Namespace) -> int:
         return 130
 
 
+def _check_records_flags(args: argparse.Namespace) -> None:
+    from sparsebench.errors import ConfigError
+
+    if args.records is None:
+        if args.leaderboard or args.readme:
+            raise ConfigError("--leaderboard and --readme read run records: give --records DIR")
+        return
+    selecting = [f for f in ("experiment", "task", "method", "tag", "param", "run") if getattr(args, f)]
+    selecting += [f for f in ("sweep", "tracking_uri") if getattr(args, f)]
+    if selecting:
+        flags = ", ".join("--" + f.replace("_", "-") for f in selecting)
+        raise ConfigError(f"--records reads run records, not a tracking store: drop {flags}")
+    if args.readme and not args.leaderboard:
+        raise ConfigError("--readme writes the leaderboard: add --leaderboard")
+    if not args.leaderboard and not args.out:
+        raise ConfigError("--records needs --out DIR (where the report goes), or --leaderboard")
+    if not Path(args.records).is_dir():
+        raise ConfigError(f"--records {args.records}: no such folder")
+
+
+def _leaderboard(args: argparse.Namespace) -> int:
+    from sparsebench.report.leaderboard import leaderboard_block, replace_block
+
+    block = leaderboard_block(Path(args.records))
+    if not args.readme:
+        print(block, end="")
+        return 0
+    readme = Path(args.readme)
+    text = readme.read_text() if readme.is_file() else ""
+    updated = replace_block(text, block, args.readme)
+    if updated != text:
+        readme.write_text(updated)
+    print(
+        f"{args.readme}: leaderboard {'updated' if updated != text else 'already up to date'}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _records_report(args: argparse.Namespace) -> int:
+    from sparsebench.report.build import DEFAULT_LEVELS, ReportRequest, check_name, make_report
+
+    folder = Path(args.records)
+    name = check_name(args.name or folder.resolve().name)
+    request = ReportRequest(
+        selection=selection_from(args),
+        name=name,
+        out=Path(args.out),
+        tracking_uri="",
+        levels=tuple(args.levels) if args.levels else DEFAULT_LEVELS,
+        log_to_mlflow=False,
+        records=folder,
+    )
+    return _print_result(make_report(request), args)
+
+
 def _report(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from sparsebench.cli._common import env_from
+
+    _check_records_flags(args)
+    if args.leaderboard:
+        return _leaderboard(args)
+    if args.records:
+        return _records_report(args)
+    return _store_report(args, env_from(args).tracking_uri)
+
+
+def _store_report(args: argparse.Namespace, tracking_uri: str) -> int:
+
     from sparsebench.report.build import DEFAULT_LEVELS, ReportRequest, check_name, make_report
     from sparsebench.report.manifest import portable_path, portable_uri
 
@@ -128,12 +207,15 @@ def _report(args: argparse.Namespace) -> int:
         selection=selection,
         name=name,
         out=out,
-        tracking_uri=env_from(args).tracking_uri,
+        tracking_uri=tracking_uri,
         levels=levels,
         log_to_mlflow=not args.no_mlflow,
         command=" ".join(shlex.quote(f) for f in flags),
     )
-    result = make_report(request)
+    return _print_result(make_report(request), args)
+
+
+def _print_result(result: Any, args: argparse.Namespace) -> int:
     if args.json:  # stdout carries the JSON only
         print(json.dumps(result_json(result), indent=2))
     else:

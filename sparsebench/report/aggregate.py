@@ -49,17 +49,22 @@ def t_interval(values: object, confidence: float = CONFIDENCE) -> Stat:
 
 
 def group_stats(frame: pd.DataFrame, by: list[str], columns: list[str]) -> pd.DataFrame:
-    """One row per group with ``<col>_mean/_std/_ci_low/_ci_high`` and ``n`` (runs in the group).
+    """One row per group with ``<col>_mean/_std/_ci_low/_ci_high``, ``n`` and ``runs``.
 
-    ``n`` counts runs; a column's own count is ``<col>_n`` (metrics that some runs lack, such as
-    peak memory, have fewer values than runs).
+    With a ``seed`` column (not among ``by``), statistics are over *distinct seeds*: runs of one seed
+    are replicas (the same initialisation and batch order, differing only by machine noise), so
+    they are averaged into one value first and ``n`` counts seeds, while ``runs`` counts runs.
+    Without one, ``n`` counts rows. A column's own count is ``<col>_n`` (metrics that some runs
+    lack, such as peak memory, have fewer values).
     """
     rows = []
     for keys, group in frame.groupby(by, sort=False, dropna=False):
         row = dict(zip(by, keys if isinstance(keys, tuple) else (keys,), strict=True))
-        row["n"] = len(group)
+        values = per_seed(group, columns) if "seed" in group and "seed" not in by else group
+        row["n"] = len(values)
+        row["runs"] = len(group)
         for column in columns:
-            s = t_interval(group[column]) if column in group else t_interval([])
+            s = t_interval(values[column]) if column in values else t_interval([])
             row.update(
                 {
                     f"{column}_mean": s.mean,
@@ -71,6 +76,15 @@ def group_stats(frame: pd.DataFrame, by: list[str], columns: list[str]) -> pd.Da
             )
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def per_seed(group: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """One row per distinct seed: the mean of its runs' values (a run without a seed is its own)."""
+    own = pd.Series([f"run {i}" for i in range(len(group))], index=group.index, dtype=object)
+    key = group.seed.astype(object).where(group.seed.notna(), own)
+    present = [c for c in columns if c in group]
+    numbers = group[present].apply(pd.to_numeric, errors="coerce")
+    return numbers.groupby(key.to_numpy(), sort=False).mean()
 
 
 def pareto_mask(compression: object, error: object) -> np.ndarray:

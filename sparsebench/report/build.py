@@ -22,8 +22,10 @@ from sparsebench.errors import ConfigError
 from sparsebench.report import aggregate, figures, tables, writers
 from sparsebench.report.document import Block, heading, markdown
 from sparsebench.report.formatting import plural
+from sparsebench.report.leaderboard import leaderboard_block, leaderboard_table
 from sparsebench.report.manifest import MANIFEST, manifest_runs, portable_path, portable_uri
-from sparsebench.report.sections import TaskData, TaskInfo, task_info, task_section
+from sparsebench.report.records import load_records
+from sparsebench.report.sections import TaskData, TaskInfo, table_blocks, task_info, task_section
 from sparsebench.report.select import REPORT_EXPERIMENT, NoMatchingRunsError, RunSet, Selection, load_runs
 
 __all__ = ["DEFAULT_LEVELS", "ReportRequest", "ReportResult", "TaskInfo", "make_report", "task_info"]
@@ -41,6 +43,8 @@ class ReportRequest:
     log_to_mlflow: bool = True
     command: str = ""
     """The command line that regenerates this report (shown in it); built from the fields if empty."""
+    records: Path | None = None
+    """A campaign's results folder: the report is made from its run records, with no tracking store."""
 
 
 @dataclass
@@ -81,6 +85,9 @@ def check_levels(levels: tuple[float, ...]) -> None:
 
 
 def default_command(request: ReportRequest) -> str:
+    if request.records is not None:
+        parts = ["sparsebench", "report", "--records", portable_path(request.records)]
+        return " ".join(shlex.quote(p) for p in [*parts, "--out", portable_path(request.out)])
     parts = ["sparsebench", "report", *request.selection.as_flags(), "--name", request.name]
     if tuple(request.levels) != DEFAULT_LEVELS:
         parts += ["--levels", *(f"{v:g}" for v in request.levels)]
@@ -92,7 +99,8 @@ def make_report(request: ReportRequest) -> ReportResult:
     check_name(request.name)
     check_levels(request.levels)
     out = check_out(request.out)
-    data = load_runs(request.selection, request.tracking_uri)
+    records = load_records(request.records) if request.records is not None else None
+    data = records.data if records is not None else load_runs(request.selection, request.tracking_uri)
     kept, curves, dropped = aggregate.drop_degenerate(data.runs, data.curves)
     if kept.empty:
         raise NoMatchingRunsError(
@@ -104,25 +112,22 @@ def make_report(request: ReportRequest) -> ReportResult:
     (out / "tables").mkdir(exist_ok=True)
     command = request.command or default_command(request)
     blocks = _preamble(request, data.runs, command) + _left_out(dropped)
+    extra: list[tables.Table] = []
+    if records is not None:
+        extra = [leaderboard_table(records)]
+        blocks += [heading(2, "Campaign rows"), *table_blocks(extra[0])]
     body, all_tables, written, summaries = _sections(replace(data, runs=kept, curves=curves), request, out)
-    entries = manifest_runs(data.runs, data.configs)
+    entries = manifest_runs(data.runs, data.configs, full=records is not None)
     runs_table = tables.runs_table(data.runs, {e["run_id"]: e["command"] for e in entries})
     blocks += body + _runs_blocks(runs_table)
-    written += _write_pages(request, blocks, [*all_tables, runs_table], out)
-    tracker = _open_report_run(request, len(data.runs)) if request.log_to_mlflow else None
+    written += _write_pages(request, blocks, [*extra, *all_tables, runs_table], out)
+    if records is not None:
+        (out / "leaderboard.md").write_text(leaderboard_block(records.folder))
+        written.append(out / "leaderboard.md")
+    log = request.log_to_mlflow and records is None
+    tracker = _open_report_run(request, len(data.runs)) if log else None
     try:
-        manifest = {
-            "name": request.name,
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "command": command,
-            "selection": request.selection.describe(),
-            "tracking_uri": portable_uri(request.tracking_uri),
-            "levels": list(request.levels),
-            "mlflow_report_run": tracker.run_id if tracker else None,
-            "files": sorted(p.relative_to(out).as_posix() for p in written),
-            "runs": entries,
-        }
-        (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        _write_manifest(request, out, command, written, entries, tracker)
         if tracker is not None:  # only this report's files, not whatever else lives in the folder
             for path in written:
                 folder = path.parent.relative_to(out).as_posix()
@@ -133,6 +138,29 @@ def make_report(request: ReportRequest) -> ReportResult:
             tracker.finish("KILLED")  # not left RUNNING in the store; the caller reports the error
         raise
     return ReportResult(out, written, len(data.runs), tracker.run_id if tracker else None, summaries)
+
+
+def _write_manifest(
+    request: ReportRequest,
+    out: Path,
+    command: str,
+    written: list[Path],
+    entries: list[dict[str, Any]],
+    tracker: Any,
+) -> None:
+    manifest = {
+        "name": request.name,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "selection": request.selection.describe() if request.records is None else "run records",
+        "tracking_uri": portable_uri(request.tracking_uri) if request.records is None else None,
+        "records": portable_path(request.records) if request.records is not None else None,
+        "levels": list(request.levels),
+        "mlflow_report_run": tracker.run_id if tracker else None,
+        "files": sorted(p.relative_to(out).as_posix() for p in written),
+        "runs": entries,
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
 
 
 def _sections(
@@ -218,21 +246,31 @@ def _open_report_run(request: ReportRequest, runs: int) -> Any:
 def _preamble(request: ReportRequest, runs: pd.DataFrame, command: str) -> list[Block]:
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     methods = ", ".join(sorted(runs.method.unique()))
+    if request.records is not None:
+        folder = shlex.quote(portable_path(request.records))
+        source, again = f"the run records in `{portable_path(request.records)}/runs`", "the same records"
+        replay = f"sparsebench reproduce {folder} --row ROW [--seed K]"
+        replay_words = (
+            "Replay a row from its record (the exact recorded configuration) and compare with its seeds:"
+        )
+    else:
+        source = f"`{portable_uri(request.tracking_uri)}` (selection: {request.selection.describe()})"
+        again = "the same MLflow store"
+        replay = f"sparsebench reproduce {shlex.quote(portable_path(request.out))}"
+        replay_words = (
+            "Train the runs behind it again (same configs and seeds; new runs are tagged with this report):"
+        )
     return [
         heading(1, f"sparsebench report: {request.name}"),
         Block(
             "p",
             f"{plural(len(runs), 'finished run')} ({methods}) on {', '.join(sorted(runs.task.unique()))}, "
-            f"generated {now} from `{portable_uri(request.tracking_uri)}` "
-            f"(selection: {request.selection.describe()}).",
+            f"generated {now} from {source}.",
         ),
-        Block("p", "Regenerate this report from the same MLflow store:"),
+        Block("p", f"Regenerate this report from {again}:"),
         Block("code", command),
-        Block(
-            "p",
-            "Train the runs behind it again (same configs and seeds; new runs are tagged with this report):",
-        ),
-        Block("code", f"sparsebench reproduce {shlex.quote(portable_path(request.out))}"),
+        Block("p", replay_words),
+        Block("code", replay),
         Block(
             "note",
             "Error is the task's test metric of the exported model (weights the method removed are exact "

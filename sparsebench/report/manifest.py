@@ -92,14 +92,20 @@ def run_command(task: str, method: str, overrides: dict[str, Any], init_from: st
     return " ".join(shlex.quote(p) for p in parts)
 
 
-def manifest_runs(runs: pd.DataFrame, configs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """One manifest entry per run: identity, typed config, changed keys and the command."""
+def manifest_runs(
+    runs: pd.DataFrame, configs: dict[str, dict[str, Any]], full: bool = False
+) -> list[dict[str, Any]]:
+    """One manifest entry per run: identity, typed config, changed keys and the command.
+
+    With ``full`` (a report from run records, which hold every key) the overrides are the whole
+    configuration, so the command replays the run whatever the defaults of the day are.
+    """
     defaults: dict[tuple[str, str], dict[str, Any] | None] = {}
     entries = []
     for row in runs.itertuples():
         key = (row.task, row.method)
         if key not in defaults:
-            defaults[key] = default_config(row.task, row.method)
+            defaults[key] = None if full else default_config(row.task, row.method)
         config = configs.get(row.run_id) or {}
         overrides = overrides_of(config, defaults[key])
         entries.append(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,7 @@ class TaskData:
     history: pd.DataFrame
     inference: pd.DataFrame
     tracking_uri: str
+    model_files: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def of(cls, runs: pd.DataFrame, data: RunSet) -> TaskData:
@@ -80,6 +81,7 @@ class TaskData:
             data.history[data.history.run_id.isin(ids)],
             inference[inference.run_id.isin(ids)] if not inference.empty else inference,
             data.tracking_uri,
+            {k: v for k, v in data.model_files.items() if k in ids},
         )
 
 
@@ -206,7 +208,7 @@ def mask_figures(info: TaskInfo, task: TaskData) -> list[tuple[str, Any, str]]:
         first = layers[(layers.run_id == run.run_id) & (layers.position == 0)]
         if first.empty:
             continue
-        model = load_model(task.tracking_uri, run.run_id)
+        model = load_model(task.tracking_uri, run.run_id, task.model_files)
         if model is None:
             continue
         layer = str(first.layer.iloc[0])

@@ -228,6 +228,8 @@ def _where(loc: tuple[Any, ...], prefix: str) -> str:
 def _fields_at(model: type[BaseModel], path: tuple[Any, ...]) -> list[str]:
     """The keys allowed in the mapping at ``path`` (a nested section) of ``model``."""
     for part in path:
+        if isinstance(part, int):  # an item of a list of sections (a campaign's rows)
+            continue
         annotation = model.model_fields[part].annotation
         model = next(
             a

@@ -1,0 +1,148 @@
+"""The leaderboard: one line per campaign row, from its committed run records, as README shows it.
+
+``sparsebench report --records reports/mnist --leaderboard`` prints the block README.md holds between
+``<!-- leaderboard:start -->`` and ``<!-- leaderboard:end -->`` (``--readme README.md`` rewrites it
+there), and a test regenerates it from the committed records and compares, so README can cite no
+number that the records do not give. The block holds nothing that changes between two runs of the
+command (no date, no path of this machine).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from sparsebench.errors import ConfigError
+from sparsebench.report.aggregate import group_stats
+from sparsebench.report.formatting import DASH, fmt_x
+from sparsebench.report.records import RecordRow, RecordSet, load_records
+from sparsebench.report.select import NoMatchingRunsError
+from sparsebench.report.tables import Table
+from sparsebench.report.writers import to_markdown
+
+START = "<!-- leaderboard:start -->"
+END = "<!-- leaderboard:end -->"
+COLUMNS = ("test", "compression", "compression_structured", "compression_precision")
+OPTIONAL = {"compression_structured": "structured", "compression_precision": "with bits"}
+
+
+def leaderboard_table(records: RecordSet) -> Table:
+    """Rows with records, in the spec's order: mean ± 95 % CI half-width over distinct seeds."""
+    stats = group_stats(records.data.runs, ["task", "setting", "method"], list(COLUMNS))
+    by_row = {str(r.setting): r for r in stats.itertuples()}
+    lines = []
+    for row in records.rows:
+        found = by_row.get(row.name)
+        if found is None:
+            continue
+        line = {"task": row.task or found.task, "row": row.name, "method": f"`{found.method}`"}
+        line["seeds"] = f"{found.n}" + (
+            f" of {len(row.seeds)}" if row.seeds and found.n < len(row.seeds) else ""
+        )
+        line["test error"] = _error(found.test_mean, found.test_ci_low, found.test_ci_high)
+        for column in ("compression", *OPTIONAL):
+            mean = getattr(found, f"{column}_mean")
+            line[OPTIONAL.get(column, column)] = _ratio(
+                mean, getattr(found, f"{column}_ci_low"), getattr(found, f"{column}_ci_high")
+            )
+        line["paper (quoted)"] = paper_text(row)
+        line["command"] = f"sparsebench reproduce {records.folder.as_posix()} --row {row.name}"
+        lines.append(line)
+    display = pd.DataFrame(lines)
+    for column in OPTIONAL.values():
+        if column in display and (display[column] == DASH).all():
+            display = display.drop(columns=column)
+    return Table("leaderboard", "Leaderboard", stats, display, note(records), task=records.campaign)
+
+
+def _error(mean: float, low: float, high: float) -> str:
+    if math.isnan(mean):
+        return DASH
+    if math.isnan(low):
+        return f"{mean:.2f} %"
+    return f"{mean:.2f} ± {(high - low) / 2:.2f} %"
+
+
+def _ratio(mean: float, low: float, high: float) -> str:
+    if math.isnan(mean):
+        return DASH
+    if math.isnan(low):
+        return fmt_x(mean)
+    return f"{fmt_x(mean)} ± {(high - low) / 2:.{0 if mean >= 100 else 1}f}"
+
+
+def paper_text(row: RecordRow) -> str:
+    """The row's quoted paper numbers: error, then each compression the paper gives."""
+    paper = row.paper
+    if not paper or paper.get("error") is None:
+        return ""
+    parts = [f"{float(paper['error']):.2f} %"]
+    if paper.get("compression") is not None:
+        parts.append(f"{fmt_x(float(paper['compression']))}")
+    for key, name in OPTIONAL.items():
+        if paper.get(key) is not None:
+            parts.append(f"{fmt_x(float(paper[key]))} {name}")
+    return ", ".join(parts)
+
+
+def note(records: RecordSet) -> str:
+    cited = sorted({str(r.paper["citation"]) for r in records.rows if r.paper and r.paper.get("citation")})
+    text = (
+        "Test error of the exported model and weights-only compression |W| / |W != 0|; structured: the "
+        "network left once dead neurons and filters are removed; with bits: storage at the precision the "
+        "posterior allows. Mean ± half-width of the 95 % confidence interval (Student's t) over distinct "
+        "seeds; one seed shows its value alone."
+    )
+    if cited:
+        text += f" Paper numbers are quoted, not recomputed: {'; '.join(cited)}."
+    return text
+
+
+def leaderboard_block(folder: Path) -> str:
+    """The Markdown README holds between the markers, regenerated from ``folder``'s records."""
+    command = f"sparsebench report --records {folder.as_posix()} --leaderboard"
+    try:
+        records = load_records(folder)
+    except NoMatchingRunsError:
+        return (
+            f"*No run records are committed in `{folder.as_posix()}/runs` yet, so there is no leaderboard: "
+            f"`sparsebench campaign run` writes them, `{command}` makes this table from them.*\n"
+        )
+    table = leaderboard_table(records)
+    display = table.display.drop(columns="command")
+    missing = [r.name for r in records.rows if r.name not in set(records.data.runs.setting)]
+    lines = [
+        f"Generated by `{command}` from {len(records.data.runs)} run records (do not edit by hand: a "
+        "test regenerates it). Replay any row: `sparsebench reproduce "
+        f"{folder.as_posix()} --row ROW [--seed K]`.",
+        "",
+        to_markdown(display),
+        "",
+        table.note,
+    ]
+    if missing:
+        lines += ["", f"Rows without records yet: {', '.join(missing)}."]
+    return "\n".join(lines) + "\n"
+
+
+def readme_block(text: str, source: str = "README.md") -> str:
+    """The text between the markers of a README."""
+    match = re.search(re.escape(START) + r"\n(.*?)" + re.escape(END), text, re.S)
+    if match is None:
+        raise ConfigError(f"{source} has no {START} ... {END} markers to hold the leaderboard")
+    return match.group(1)
+
+
+def replace_block(text: str, block: str, source: str = "README.md") -> str:
+    """``text`` with the block between the markers replaced (the markers stay)."""
+    readme_block(text, source)
+    return re.sub(
+        re.escape(START) + r"\n.*?" + re.escape(END),
+        lambda _: f"{START}\n{block}{END}",
+        text,
+        count=1,
+        flags=re.S,
+    )
