@@ -24,9 +24,25 @@ from tests.conftest import CliResult
 URL = os.environ.get("SPARSEBENCH_TEST_POSTGRES")
 
 
+SCHEMA = "sparsebench_tracking_test"
+"""MLflow's tables go in a schema of their own: optuna (the sweep tests) keeps its tables, and its own
+``alembic_version``, in ``public`` of the same database."""
+
+
 def plain(url: str) -> str:
     """``postgresql+psycopg2://...`` -> ``postgresql://...``: the driver left to SQLAlchemy."""
     return re.sub(r"^postgresql\+[a-z0-9_]+://", "postgresql://", url)
+
+
+def in_own_schema(url: str) -> str:
+    """``url`` with its tables in SCHEMA (created here if needed) instead of ``public``."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    with engine.begin() as connection:
+        connection.execute(sqlalchemy.text(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))
+    engine.dispose()
+    return f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{SCHEMA}"
 
 
 def test_the_driver_sqlalchemy_picks_for_a_plain_postgresql_url_is_installed() -> None:
@@ -44,7 +60,7 @@ def test_a_run_logs_to_a_plain_postgresql_url(
     mnist_dir: Path, run_cli: Callable[..., CliResult], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert URL is not None
-    uri = plain(URL)
+    uri = in_own_schema(plain(URL))
     monkeypatch.chdir(tmp_path)  # artifacts of a database store go under ./mlruns of the process
     experiment = f"plain-url-{uuid.uuid4().hex[:10]}"
     result = run_cli(
