@@ -4,8 +4,8 @@
 # Safe to run again: every step checks before it acts.
 #
 # usage: sudo .ci/postgres.sh
-#        export SPARSEBENCH_TEST_POSTGRES=postgresql+psycopg2://sparsebench:sparsebench@127.0.0.1:5432/sparsebench
-#        pip install psycopg2-binary    # SQLAlchemy's PostgreSQL driver
+#        export SPARSEBENCH_TEST_POSTGRES=postgresql://sparsebench:sparsebench@127.0.0.1:5432/sparsebench
+#        pip install ".[postgres]"       # the drivers SQLAlchemy picks for postgresql://
 set -euo pipefail
 
 DB_USER="${PG_USER:-sparsebench}"
@@ -42,4 +42,4 @@ if [ "$(as_postgres psql -tAc "SELECT 1 FROM pg_database WHERE datname = '$DB_NA
     as_postgres psql -q -c "CREATE DATABASE $DB_NAME OWNER $DB_USER"
 fi
 
-echo "postgresql+psycopg2://$DB_USER:$DB_PASSWORD@127.0.0.1:5432/$DB_NAME"
+echo "postgresql://$DB_USER:$DB_PASSWORD@127.0.0.1:5432/$DB_NAME"

@@ -19,7 +19,7 @@ EXAMPLES = """examples:
   sparsebench sweep sparse_vd_lenet300_100 --workers 2
   sparsebench sweep my_spec.yaml
   sparsebench sweep --method sparse_vd --task lenet5 --n-trials 30 --epochs 20
-  sparsebench sweep sparse_vd_lenet5 --storage postgresql+psycopg2://user:pw@db-host/sweeps
+  sparsebench sweep sparse_vd_lenet5 --storage postgresql://user:pw@db-host/sweeps
   sparsebench sweep status sparse_vd_lenet300_100
   sparsebench sweep sparse_vd_lenet300_100 --scaling 1 2 --n-trials 8 --epochs 3
 

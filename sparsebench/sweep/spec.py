@@ -49,7 +49,7 @@ pruner: {name: median, n_warmup_steps: 5}    # one val_metric objective only
 n_trials: 40
 seeds: 1                                     # or a list; objectives are means over seeds
 budget: {epochs: 30, timeout: 36000}         # epochs per trial; seconds per worker
-storage: postgresql+psycopg2://user:pw@host/db   # omit for ./mlruns/optuna-journal.log
+storage: postgresql://user:pw@host/db            # omit for ./mlruns/optuna-journal.log
 heartbeat: {interval: 60, grace_period: 180, max_retry: 3}
 """
 """A spec with every key (``tests`` check that it validates)."""
