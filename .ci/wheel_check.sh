@@ -159,13 +159,14 @@ sparsebench sweep magnitude_lenet300_100 --n-trials 2 --epochs 1 --storage "$OUT
     2>"$OUT/sweep.err" | sed 's/^/  /' || { tail -n 30 "$OUT/sweep.err"; fail "sparsebench sweep"; }
 
 step "example plugin: install, list, run, conformance tests"
-python -m pip install -q --no-compile "$PLUGIN" pytest >"$WORK/pip-plugin.log" 2>&1 ||
+cp -r "$PLUGIN" "$WORK/plugin"  # a copy: building it in place would leave build/ and egg-info in the checkout
+python -m pip install -q --no-compile "$WORK/plugin" pytest >"$WORK/pip-plugin.log" 2>&1 ||
     { tail -n 40 "$WORK/pip-plugin.log"; fail "installing the example plugin"; }
 sparsebench list methods | grep -E "^ *l1_prune " | sed 's/^/  /' || fail "list methods does not show l1_prune"
 sparsebench run --method l1_prune --task lenet300_100 --set train.epochs=1 --no-progress \
     2>"$OUT/plugin-run.err" | tail -n 1 | sed 's/^/  /' ||
     { tail -n 30 "$OUT/plugin-run.err"; fail "sparsebench run --method l1_prune"; }
-cp -r "$PLUGIN/tests" "$OUT/plugin-tests"
+cp -r "$WORK/plugin/tests" "$OUT/plugin-tests"
 python -m pytest -q -p no:cacheprovider "$OUT/plugin-tests" >"$OUT/plugin-tests.log" 2>&1 ||
     { tail -n 40 "$OUT/plugin-tests.log"; fail "the example plugin's conformance tests"; }
 tail -n 1 "$OUT/plugin-tests.log" | sed 's/^/  /'
