@@ -74,7 +74,7 @@ def run_worker(spec: CampaignSpec, rows: tuple[Row, ...], options: WorkerOptions
     study = queue.open_queue(spec, options.storage)
     summary, deferred = WorkerSummary(), set()
     started = time.monotonic()
-    objective = CellObjective(spec, options, summary, deferred)
+    objective = CellObjective(spec, options, summary, deferred, {row.name for row in rows})
     while True:
         if options.max_time is not None and time.monotonic() - started >= options.max_time * 60:
             say(options, f"--max-time {options.max_time:g} min reached; taking no new cell")
@@ -82,7 +82,7 @@ def run_worker(spec: CampaignSpec, rows: tuple[Row, ...], options: WorkerOptions
             break
         queue.reclaim(study, spec, options.storage)
         queue.sync(study, spec, rows, options.since)
-        waiting = queue.waiting_cells(study)
+        waiting = [c for c in queue.waiting_cells(study) if c.row in objective.rows]
         if waiting and not set(waiting) <= deferred:
             with quiet_trials():
                 study.optimize(objective, n_trials=1, catch=(SparsebenchError, CellSkipped))
@@ -119,9 +119,16 @@ class CellObjective:
     """One trial = one cell: train it through the runner, then write its model and its record."""
 
     def __init__(
-        self, spec: CampaignSpec, options: WorkerOptions, summary: WorkerSummary, deferred: set[Cell]
+        self,
+        spec: CampaignSpec,
+        options: WorkerOptions,
+        summary: WorkerSummary,
+        deferred: set[Cell],
+        rows: set[str],
     ) -> None:
         self.spec, self.options, self.summary, self.deferred = spec, options, summary, deferred
+        self.rows = rows
+        """The rows this worker runs (``--rows``); queued cells of others go back to the queue."""
 
     def __call__(self, trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", worker_id())
@@ -130,12 +137,14 @@ class CellObjective:
         if cell is None:  # another worker took the last queued trial first: optuna made an empty one
             trial.set_user_attr("skipped", "no cell was queued")
             raise CellSkipped("nothing queued")
+        if cell.row not in self.rows:
+            self._defer(trial, cell, "not a row this worker runs (--rows)")
         self._refuse_duplicate(trial, cell)
         if is_done(self.spec.results, cell):
             trial.set_user_attr("outcome", "already done")
             return float(record.read(record_path(self.spec.results, cell)).metrics.get("test_metric") or 0.0)
         if not parent_ready(self.spec, cell):
-            self._defer(trial, cell)
+            self._defer(trial, cell, "parent model not on this machine")
         try:
             return self._train(trial, cell)
         except SparsebenchError as exc:
@@ -154,12 +163,15 @@ class CellObjective:
             trial.set_user_attr("skipped", "another worker is training this cell")
             raise CellSkipped(f"{cell.key} is being trained by another worker")
 
-    def _defer(self, trial: optuna.Trial, cell: Cell) -> None:
-        """The parent's model is on another machine: put the cell back for a worker that has it."""
-        trial.set_user_attr("skipped", "parent model not on this machine")
+    def _defer(self, trial: optuna.Trial, cell: Cell, why: str) -> None:
+        """A cell this worker cannot or should not run: back in the queue for a worker that can.
+
+        Its parent's model is on another machine, or its row is not among this worker's ``--rows``.
+        """
+        trial.set_user_attr("skipped", why)
         queue.enqueue(trial.study, cell)
         self.deferred.add(cell)
-        raise CellSkipped(f"{cell.key}: parent model not here")
+        raise CellSkipped(f"{cell.key}: {why}")
 
     def _train(self, trial: optuna.Trial, cell: Cell) -> float:
         from sparsebench.run.plan import RunRequest

@@ -196,8 +196,6 @@ def save(fig: Any, out: Path, name: str) -> Path:
 
 def mask_figures(info: TaskInfo, task: TaskData) -> list[tuple[str, Any, str]]:
     """First-layer keep-masks of one run per method, for tasks whose input is a square image."""
-    from sparsebench.report.select import load_model
-
     runs, layers = task.runs, task.layers
     if info.image_side is None or layers.empty:
         return []
@@ -208,7 +206,7 @@ def mask_figures(info: TaskInfo, task: TaskData) -> list[tuple[str, Any, str]]:
         first = layers[(layers.run_id == run.run_id) & (layers.position == 0)]
         if first.empty:
             continue
-        model = load_model(task.tracking_uri, run.run_id, task.model_files)
+        model = run_model(task, run.run_id)
         if model is None:
             continue
         layer = str(first.layer.iloc[0])
@@ -224,3 +222,17 @@ def mask_figures(info: TaskInfo, task: TaskData) -> list[tuple[str, Any, str]]:
                 (str(method), fig, "first-layer keep-mask; which inputs the sparsified network still reads.")
             )
     return made
+
+
+def run_model(task: TaskData, run_id: str) -> dict[str, Any] | None:
+    """A run's exported model: the model file beside its record (a report from records), else the
+    store's artifact."""
+    if run_id in task.model_files:
+        from sparsebench.record import read_model
+
+        return {"state_dict": read_model(task.model_files[run_id]), "masks": {}}
+    if not task.tracking_uri:
+        return None
+    from sparsebench.report.select import load_model
+
+    return load_model(task.tracking_uri, run_id)

@@ -266,17 +266,8 @@ def _short_key(column: str) -> str:
     return key.removeprefix("method.")
 
 
-def load_model(
-    tracking_uri: str, run_id: str, model_files: dict[str, Any] | None = None
-) -> dict[str, Any] | None:
-    """The exported model (``{"state_dict", "masks"}``) of a run: its record's model file when the
-    report is made from records, else its artifact in the store; None if it has none."""
-    if model_files is not None and run_id in model_files:
-        from sparsebench.record import read_model
-
-        return {"state_dict": read_model(model_files[run_id]), "masks": {}}
-    if not tracking_uri:
-        return None
+def load_model(tracking_uri: str, run_id: str) -> dict[str, Any] | None:
+    """The exported model artifact (``{"state_dict", "masks"}``) of a run, or None if it has none."""
     return load_exported(tracking_uri, run_id, f"run {run_id}")
 
 
