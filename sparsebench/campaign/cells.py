@@ -23,8 +23,8 @@ if TYPE_CHECKING:
 
 RUNS = "runs"
 SPEC_COPY = "campaign.json"
-MODEL_LIMIT_BYTES = 1 << 20
-"""Models at most this large are committed beside their records (LeNets in CSR: 20-200 KB)."""
+MODEL_LIMIT_BYTES = 1_000_000
+"""Sparse models at most this large (1 MB) are kept beside their records (LeNets in CSR: 20-200 KB)."""
 CELL_NAME = re.compile(r"^(?P<row>.+)-seed(?P<seed>\d+)$")
 
 
@@ -92,13 +92,23 @@ def recorded_cells(results: Path) -> dict[Cell, Path]:
 
 
 def save_model(spec: CampaignSpec, cell: Cell, state_dict: dict[str, Any]) -> Path | None:
-    """Write the cell's exported model when it is small enough to commit or a child row needs it."""
+    """Write the cell's exported model when another row starts from it, or when it is sparse and at
+    most ``MODEL_LIMIT_BYTES``: a dense model (dense, dropout rows) has no zeros to store compactly,
+    and nothing a report or a timing would read from it."""
+    needed = needed_as_parent(spec, cell)
+    if not needed and not has_zero_weights(state_dict):
+        return None
     path = model_path(spec.results, cell)
     size = record.write_model(state_dict, path)
-    if size <= MODEL_LIMIT_BYTES or needed_as_parent(spec, cell):
+    if size <= MODEL_LIMIT_BYTES or needed:
         return path
     path.unlink()
     return None
+
+
+def has_zero_weights(state_dict: dict[str, Any]) -> bool:
+    """Whether any weight matrix or filter bank has an exact zero (the model was sparsified)."""
+    return any(t.dim() >= 2 and t.is_floating_point() and bool((t == 0).any()) for t in state_dict.values())
 
 
 def write_spec_copy(spec: CampaignSpec) -> None:

@@ -90,3 +90,24 @@ def test_the_write_is_atomic_and_leaves_no_temporary_file(tmp_path: Path) -> Non
     record.write_model({"w": 2 * torch.eye(3)}, path)  # a leftover of a cell never recorded is replaced
     assert torch.equal(record.read_model(path)["w"], 2 * torch.eye(3))
     assert [p.name for p in path.parent.iterdir()] == [path.name]
+
+
+def test_a_campaign_keeps_small_sparse_models_and_the_models_children_start_from(tmp_path: Path) -> None:
+    from sparsebench.campaign.cells import Cell, save_model
+    from sparsebench.campaign.spec import campaign_from_dict
+
+    rows = [
+        {"name": "p", "task": "lenet300_100", "method": "dense", "seeds": [0]},
+        {"name": "c", "task": "lenet300_100", "method": "sparse_vd", "init_from_row": "p", "seeds": [0]},
+        {"name": "d", "task": "lenet300_100", "method": "dense", "seeds": [0]},
+    ]
+    spec = campaign_from_dict({"name": "x", "results": "reports/x", "rows": rows})
+    spec.results = tmp_path / "reports" / "x"
+    dense = {"w": torch.randn(300, 784), "b": torch.randn(300)}
+    sparse = {"w": dense["w"] * (torch.rand(300, 784) < 0.02), "b": dense["b"]}
+    huge_sparse = {"w": torch.randn(2000, 2000) * (torch.rand(2000, 2000) < 0.2)}
+    assert save_model(spec, Cell("d", 0), dense) is None  # dense: nothing sparse to keep
+    assert save_model(spec, Cell("p", 0), dense) is not None  # a child row starts from it
+    kept = save_model(spec, Cell("c", 0), sparse)
+    assert kept is not None and kept.stat().st_size < 100_000
+    assert save_model(spec, Cell("c", 0), huge_sparse) is None and not kept.exists()  # over 1 MB
