@@ -118,7 +118,9 @@ def build_record(
     )
 
 
-RUN_STATE_TAGS = frozenset({"row", "checkpoint", "device", "state", "failure", "refinished_from"})
+RUN_STATE_TAGS = frozenset(
+    {"row", "checkpoint", "device", "state", "failure", "refinished_from", "model.flavor"}
+)
 """Tags that describe how one run went, set by the runner; records and ``refinish`` leave them out."""
 
 
