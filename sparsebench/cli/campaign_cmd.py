@@ -170,16 +170,9 @@ def handle_check(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``sparsebench campaign`` as its own program (how ``--workers`` starts its processes)."""
-    from sparsebench.errors import SparsebenchError
+    from sparsebench.cli import main as cli_main
 
-    parser = argparse.ArgumentParser(prog="sparsebench")
-    add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["campaign", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return int(args.handler(args) or 0)
-    except SparsebenchError as exc:
-        print(f"sparsebench: error: {exc}", file=sys.stderr)
-        return 2
+    return cli_main(["campaign", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
