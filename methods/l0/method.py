@@ -180,4 +180,4 @@ class L0(SparsityMethod):
         return replace_modules(copy.deepcopy(model), swap)
 
     def search_space(self, trial: Any) -> dict[str, Any]:
-        return {"method.lam": trial.suggest_float("method.lam", 1e-3, 10.0, log=True)}
+        return {"method.lam": trial.suggest_float("method.lam", 1e-3, 100.0, log=True)}

@@ -262,9 +262,9 @@ def test_search_space_proposes_lambda_on_a_log_scale() -> None:
     study = optuna.create_study()
     trial = study.ask()
     proposal = L0().search_space(trial)
-    assert set(proposal) == {"method.lam"} and 1e-3 <= proposal["method.lam"] <= 10.0
+    assert set(proposal) == {"method.lam"} and 1e-3 <= proposal["method.lam"] <= 100.0
     distribution = trial.distributions["method.lam"]
-    assert distribution.log and (distribution.low, distribution.high) == (1e-3, 10.0)
+    assert distribution.log and (distribution.low, distribution.high) == (1e-3, 100.0)
     assert METHODS.get("l0") is L0
 
 
