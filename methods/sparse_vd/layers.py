@@ -20,7 +20,7 @@ from sparsebench.config import option
 from sparsebench.toolkit.compiled import compiled
 from sparsebench.toolkit.layout import strided_like
 from sparsebench.toolkit.noise import gaussian_preactivation
-from sparsebench.toolkit.surgery import standard_layer
+from sparsebench.toolkit.surgery import copy_as, standard_layer
 
 from .fused import FusedSVD, clamped_log_alpha, keeps, kl_side
 
@@ -147,12 +147,7 @@ class LinearSVD(nn.Linear, _SparseVDMixin):
 
     @classmethod
     def from_dense(cls, layer: nn.Linear, cfg: SparseVDConfig) -> LinearSVD:
-        new = cls(layer.in_features, layer.out_features, bias=layer.bias is not None)
-        new.to(layer.weight.device, layer.weight.dtype)
-        with torch.no_grad():
-            new.weight.copy_(layer.weight)
-            if layer.bias is not None:
-                new.bias.copy_(layer.bias)
+        new = copy_as(cls, layer)
         new._init_variational(cfg)
         return new
 
@@ -172,22 +167,7 @@ class Conv2dSVD(nn.Conv2d, _SparseVDMixin):
 
     @classmethod
     def from_dense(cls, layer: nn.Conv2d, cfg: SparseVDConfig) -> Conv2dSVD:
-        new = cls(
-            layer.in_channels,
-            layer.out_channels,
-            layer.kernel_size,
-            stride=layer.stride,
-            padding=layer.padding,
-            dilation=layer.dilation,
-            groups=layer.groups,
-            bias=layer.bias is not None,
-            padding_mode=layer.padding_mode,
-        )
-        new.to(layer.weight.device, layer.weight.dtype)
-        with torch.no_grad():
-            new.weight.copy_(layer.weight)
-            if layer.bias is not None:
-                new.bias.copy_(layer.bias)
+        new = copy_as(cls, layer)
         new._init_variational(cfg)
         return new
 

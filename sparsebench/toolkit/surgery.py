@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 from torch import nn
+
+LayerT = TypeVar("LayerT", bound=nn.Module)
 
 
 def replace_modules(model: nn.Module, swap: Callable[[str, nn.Module], nn.Module | None]) -> nn.Module:
@@ -27,6 +30,31 @@ def replace_modules(model: nn.Module, swap: Callable[[str, nn.Module], nn.Module
 
     visit(model, "")
     return model
+
+
+def copy_as(cls: type[LayerT], layer: nn.Module) -> LayerT:
+    """A ``cls`` (a subclass of ``layer``'s Linear or Conv2d type) with its geometry, device, dtype,
+    weight and bias: how a method swaps a standard layer for its own before adding its parameters."""
+    if isinstance(layer, nn.Conv2d):
+        new = cls(
+            layer.in_channels,
+            layer.out_channels,
+            layer.kernel_size,
+            stride=layer.stride,
+            padding=layer.padding,
+            dilation=layer.dilation,
+            groups=layer.groups,
+            bias=layer.bias is not None,
+            padding_mode=layer.padding_mode,
+        )
+    else:
+        new = cls(layer.in_features, layer.out_features, bias=layer.bias is not None)
+    new.to(layer.weight.device, layer.weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(layer.weight)
+        if layer.bias is not None:
+            new.bias.copy_(layer.bias)
+    return new
 
 
 def modules_of_type(model: nn.Module, types: type | tuple[type, ...]) -> dict[str, nn.Module]:
