@@ -94,8 +94,8 @@ def test_run_is_logged_finished_with_the_flat_config(lenet300: TrainedRun) -> No
     # Untouched fields keep the defaults of recipe and method (ars: Adam 1e-3, batch 100; log alpha >= 3).
     assert params["method.threshold"] == "3.0" and params["train.batch_size"] == "100"
     assert params["train.optimizer"] == "adam" and float(params["train.lr"]) == 1e-3
-    # config.json is the same flat record, so a run can be reproduced from either.
-    config = json.loads((lenet300.artifacts / "config.json").read_text())
+    # The run record holds the same full configuration, so a run can be reproduced from either.
+    config = json.loads((lenet300.artifacts / "run_record.json").read_text())["config"]
     assert {k: str(v) for k, v in config.items() if not isinstance(v, (list, dict))} == {
         k: v for k, v in params.items() if not v.startswith("[")
     }

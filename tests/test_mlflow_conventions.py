@@ -91,6 +91,6 @@ def test_tables_and_the_readable_model_stay_artifacts(finished: tuple[str, str])
     uri, run_id = finished
     client = open_store(uri).client
     top = {a.path for a in client.list_artifacts(run_id)}
-    assert {"per_layer.csv", "config.json", "model"} <= top
+    assert {"per_layer.csv", "run_record.json", "model"} <= top
     model = {a.path for a in client.list_artifacts(run_id, "model")}
     assert {"model/model.pt", "model/MLmodel"} <= model

@@ -62,14 +62,15 @@ def load_run(run_id: str, store: Store, data_dir: str | Path | None) -> LoadedRu
     ``run_id`` must already be a full id (``resolve_runs``), so what is measured is logged to it.
     """
     from sparsebench.data.paths import data_root
+    from sparsebench.report.select import recorded_config
     from sparsebench.run.plan import plan_run
     from sparsebench.tracking import ArtifactReader, load_exported
 
-    config = ArtifactReader(store).json(run_id, "config.json")
+    config = recorded_config(ArtifactReader(store), run_id) or None
     exported = load_exported(store, run_id, f"run {run_id}")
     if config is None or exported is None:
         raise RunNotFoundError(
-            f"run {run_id} has no exported model (model/model.pt and config.json); "
+            f"run {run_id} has no exported model (model/model.pt and run_record.json); "
             "only finished runs can be benchmarked"
         )
     task_overrides = {k: v for k, v in config.items() if k.startswith("task.") and k != "task.name"}

@@ -107,7 +107,7 @@ class RunSet:
     history: pd.DataFrame
     """Per-epoch metrics in long form: run_id, key, step, value."""
     configs: dict[str, dict[str, Any]]
-    """The typed flat config (``config.json``) of each run."""
+    """The typed flat config of each run, from its run record."""
     tracking_uri: str
     inference: pd.DataFrame = field(default_factory=pd.DataFrame)
     """``inference/<device>.csv`` of the runs timed by ``sparsebench bench RUN``, with ``run_id``."""
@@ -145,7 +145,7 @@ def load_runs(selection: Selection, tracking_uri: str) -> RunSet:
         curve = artifacts.csv(run_id, "threshold_curve.csv")
         if curve is not None:
             curves.append(curve.assign(run_id=run_id))
-        configs[run_id] = artifacts.json(run_id, "config.json") or {}
+        configs[run_id] = recorded_config(artifacts, run_id)
     return RunSet(
         runs=runs,
         layers=_concat(layers, ["run_id", "layer", "position", "sparsity"]),
@@ -155,6 +155,14 @@ def load_runs(selection: Selection, tracking_uri: str) -> RunSet:
         tracking_uri=tracking_uri,
         inference=_concat(inference, ["run_id", "format", "device", "batch_size", "status", "ms"]),
     )
+
+
+def recorded_config(artifacts: ArtifactReader, run_id: str) -> dict[str, Any]:
+    """The full resolved configuration in the run's record ({} for a run without one)."""
+    from sparsebench.record import RECORD_NAME, RunRecord
+
+    text = artifacts.text(run_id, RECORD_NAME)
+    return RunRecord.from_json(text, f"run {run_id}'s record").config if text else {}
 
 
 def search(store: Store, selection: Selection, tracking_uri: str) -> pd.DataFrame:

@@ -164,8 +164,6 @@ def log_artifacts(
         # model/: an mlflow.pytorch model, and model.pt (state dict and masks) that sparsebench reads.
         saved = {"state_dict": exported.state_dict(), "masks": {k: v.cpu() for k, v in masks.items()}}
         tracker.log_model(exported, plan.task.example_input(torch.device("cpu")), {"model.pt": saved})
-        (tmpdir / "config.json").write_text(json.dumps(plan.flat_config(), indent=2))
-        tracker.log_artifact(tmpdir / "config.json")
         if curve is not None:
             curve.to_csv(tmpdir / "threshold_curve.csv", index=False)
             tracker.log_artifact(tmpdir / "threshold_curve.csv")
