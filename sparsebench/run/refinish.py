@@ -8,16 +8,19 @@ the current code.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from sparsebench.data.paths import data_root
 from sparsebench.errors import ConfigError
+from sparsebench.record import RECORD_NAME, RunRecord
 from sparsebench.run import checkpoint
 from sparsebench.run.finish import RecordSource, finish, user_tags
 from sparsebench.run.loop import place_model
 from sparsebench.run.plan import RunRequest, RunResult, plan_run, resolve_device
 from sparsebench.run.train import log_dataset
-from sparsebench.tracking import Tracker, environment, open_store, resolve_run_id, run_tags
+from sparsebench.tracking import ArtifactReader, Tracker, environment, open_store, resolve_run_id, run_tags
 
 
 def refinish(request: RunRequest, source: str) -> RunResult:
@@ -47,7 +50,7 @@ def refinish(request: RunRequest, source: str) -> RunResult:
     torch.manual_seed(cfg.seed)
     model = place_model(method.convert(task.build_model()), device)
     model.load_state_dict(ckpt["model"])
-    inherited = user_tags(source_tags)  # study=..., init_from; not what describes the old finish
+    inherited = source_purpose(store, source, source_tags)
     tracker = Tracker.open(
         store,
         request.experiment,
@@ -64,3 +67,14 @@ def refinish(request: RunRequest, source: str) -> RunResult:
     except BaseException:
         tracker.finish("FAILED")
         raise
+
+
+def source_purpose(store: Any, source: str, tags: dict[str, str]) -> dict[str, str]:
+    """What the source run was for (study=..., init_from): its record's tags, else its user tags.
+
+    Not what describes how the old finish went (row, state, checkpoint ...).
+    """
+    text = ArtifactReader(store).text(source, RECORD_NAME)
+    if text:
+        return dict(RunRecord.from_json(text, f"run {source}'s record").tags)
+    return user_tags(tags)
