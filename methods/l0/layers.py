@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from sparsebench.toolkit.surgery import standard_layer
+from sparsebench.toolkit.surgery import copy_as, standard_layer
 
 from . import gates
 
@@ -144,12 +144,7 @@ class L0Linear(nn.Linear, _L0Gated):
 
     @classmethod
     def from_dense(cls, layer: nn.Linear, spec: GateSpec) -> L0Linear:
-        new = cls(layer.in_features, layer.out_features, bias=layer.bias is not None)
-        new.to(layer.weight.device, layer.weight.dtype)
-        with torch.no_grad():
-            new.weight.copy_(layer.weight)
-            if layer.bias is not None:
-                new.bias.copy_(layer.bias)
+        new = copy_as(cls, layer)
         new._init_gates(spec)
         return new
 
@@ -174,22 +169,7 @@ class L0Conv2d(nn.Conv2d, _L0Gated):
 
     @classmethod
     def from_dense(cls, layer: nn.Conv2d, spec: GateSpec) -> L0Conv2d:
-        new = cls(
-            layer.in_channels,
-            layer.out_channels,
-            layer.kernel_size,
-            stride=layer.stride,
-            padding=layer.padding,
-            dilation=layer.dilation,
-            groups=layer.groups,
-            bias=layer.bias is not None,
-            padding_mode=layer.padding_mode,
-        )
-        new.to(layer.weight.device, layer.weight.dtype)
-        with torch.no_grad():
-            new.weight.copy_(layer.weight)
-            if layer.bias is not None:
-                new.bias.copy_(layer.bias)
+        new = copy_as(cls, layer)
         new._init_gates(spec)
         return new
 
