@@ -72,7 +72,9 @@ def test_heavy_libraries_have_one_home(path: Path) -> None:
     for library, homes in IMPORT_HOMES.items():
         uses = {name for name in imported if name == library or name.startswith(f"{library}.")}
         if uses:
-            assert relative(path).startswith(homes), f"{relative(path)} imports {sorted(uses)}; only {homes} may"
+            assert relative(path).startswith(homes), (
+                f"{relative(path)} imports {sorted(uses)}; only {homes} may"
+            )
 
 
 @pytest.mark.parametrize("path", SOURCES, ids=relative)
