@@ -86,6 +86,9 @@ class RecordSource:
 
     data_dir: Path | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    commit: str | None = field(default_factory=git_commit)
+    """The commit of the code, read when the source is made: at the start of training, not at its
+    end, when the checkout may have moved on."""
 
 
 def build_record(
@@ -106,7 +109,7 @@ def build_record(
         seed=plan.train.seed,
         config=plan.flat_config(),
         versions=record_versions(),
-        git_commit=git_commit(),
+        git_commit=source.commit,
         data=data_checksums(source.data_dir, plan.task.data_files) if source.data_dir else {},
         metrics=metrics,
         layers=json.loads(table.to_json(orient="records")),

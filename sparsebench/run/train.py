@@ -58,6 +58,8 @@ class Session:
     step: int
     progress: Any
     ckpt_root: Path
+    source: RecordSource
+    """Data folder and the code's commit, taken when the session opens (the record's provenance)."""
 
     @property
     def cfg(self) -> Any:
@@ -106,9 +108,13 @@ def train_session(session: Session, request: RunRequest) -> RunResult:
             if request.stop_after is not None and request.stop_after <= epoch + 1 < cfg.epochs:
                 return pause(session, epoch)
         close_progress(session)
-        source = RecordSource(data_root(request.data_dir))
         return finish(
-            session.plan, session.trainer.model, session.splits, tracker, session.trainer.device, source
+            session.plan,
+            session.trainer.model,
+            session.splits,
+            tracker,
+            session.trainer.device,
+            session.source,
         )
     except FloatingPointError as exc:
         close_progress(session)
@@ -253,7 +259,8 @@ def open_session(request: RunRequest, root: Path) -> Session:
     ):
         method.enable_compile(model)
     progress = _progress(request.progress, cfg.epochs * steps_per_epoch, step, f"{task.name} {method.name}")
-    return Session(plan, trainer, splits, tracker, generator, start_epoch, step, progress, root)
+    source = RecordSource(data_root(request.data_dir))
+    return Session(plan, trainer, splits, tracker, generator, start_epoch, step, progress, root, source)
 
 
 def open_tracker(request: RunRequest, plan: Plan, device: torch.device, root: Path, resumed: bool) -> Tracker:
