@@ -14,7 +14,7 @@ import difflib
 import re
 from importlib import resources
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import Field, StringConstraints, field_validator, model_validator
@@ -36,6 +36,8 @@ FOLDER = "campaigns"
 RESULTS_ROOT = "reports"
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$", max_length=100)]
 """Row and campaign names name files (``<row>-seed<k>.json``) and the optuna study."""
+AnalysisName = Literal["matched_sparsity", "dropout_width", "gradient_variance"]
+"""Extra report sections a campaign may declare; ``sparsebench.report.analyses`` draws each one."""
 
 
 class PaperNumber(Section):
@@ -75,6 +77,8 @@ class RowFile(Section):
     """Start each seed from the exported model of this row's cell with the same seed."""
     paper: PaperNumber | None = None
     description: str = ""
+    labels: dict[str, ConfigValue] = {}
+    """Free-form facts an analysis groups rows by (``{width: 500, variant: A2}``, ``{target: 0.95}``)."""
 
     @field_validator("config")
     @classmethod
@@ -95,6 +99,8 @@ class CampaignFile(Section):
     rows: Annotated[list[RowFile], Field(min_length=1)]
     storage: Text | None = None
     heartbeat: HeartbeatSection = HeartbeatSection()
+    analyses: list[AnalysisName] = []
+    """Report sections beyond the rows' table, drawn from the same records (``report --records``)."""
 
     @field_validator("results")
     @classmethod
@@ -136,6 +142,7 @@ class Row:
         self.init_from_row = raw.init_from_row
         self.paper = raw.paper
         self.description = raw.description
+        self.labels = dict(raw.labels)
 
     def overrides(self, seed: int) -> dict[str, Any]:
         return {**self.config, "train.seed": seed}

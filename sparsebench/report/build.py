@@ -20,6 +20,7 @@ import pandas as pd
 
 from sparsebench.errors import ConfigError
 from sparsebench.report import aggregate, figures, tables, writers
+from sparsebench.report.analyses import run_analyses
 from sparsebench.report.document import Block, heading, markdown
 from sparsebench.report.formatting import plural
 from sparsebench.report.leaderboard import leaderboard_block, leaderboard_table
@@ -113,10 +114,16 @@ def make_report(request: ReportRequest) -> ReportResult:
     command = request.command or default_command(request)
     blocks = _preamble(request, data.runs, command) + _left_out(dropped)
     extra: list[tables.Table] = []
+    analysis_files: list[Path] = []
     if records is not None:
         extra = [leaderboard_table(records)]
         blocks += [heading(2, "Campaign rows"), *table_blocks(extra[0])]
+        analysed = run_analyses(records, out)
+        blocks += analysed.blocks
+        extra += analysed.tables
+        analysis_files = analysed.files
     body, all_tables, written, summaries = _sections(replace(data, runs=kept, curves=curves), request, out)
+    written += analysis_files
     entries = manifest_runs(data.runs, data.configs, full=records is not None)
     runs_table = tables.runs_table(data.runs, {e["run_id"]: e["command"] for e in entries})
     blocks += body + _runs_blocks(runs_table)

@@ -35,6 +35,8 @@ class RecordRow:
     paper: dict[str, Any] | None = None
     init_from_row: str | None = None
     seeds: tuple[int, ...] = ()
+    labels: dict[str, Any] = field(default_factory=dict)
+    """The spec's free-form labels of the row (what an analysis groups by)."""
 
 
 @dataclass
@@ -47,6 +49,8 @@ class RecordSet:
     campaign: str
     records: dict[str, record.RunRecord] = field(default_factory=dict)
     """By run id."""
+    analyses: tuple[str, ...] = ()
+    """Extra report sections the campaign declares (``sparsebench.report.analyses``)."""
 
 
 def load_records(folder: Path) -> RecordSet:
@@ -89,8 +93,14 @@ def load_records(folder: Path) -> RecordSet:
     )
     spec = read_spec_copy(folder) or {}
     rows = spec_rows(spec, records)
+    analyses = tuple(str(a) for a in spec.get("analyses") or ())
     return RecordSet(
-        data, rows, folder, str(spec.get("name") or folder.name), {r.run_id: r for r in records.values()}
+        data,
+        rows,
+        folder,
+        str(spec.get("name") or folder.name),
+        {r.run_id: r for r in records.values()},
+        analyses,
     )
 
 
@@ -132,6 +142,7 @@ def spec_rows(spec: dict[str, Any], records: dict[Cell, record.RunRecord]) -> li
                 paper=raw.get("paper") if isinstance(raw.get("paper"), dict) else None,
                 init_from_row=raw.get("init_from_row"),
                 seeds=tuple(raw.get("seeds") or spec.get("seeds") or ()),
+                labels=dict(raw.get("labels") or {}),
             )
         )
     known = {r.name for r in rows}
