@@ -92,6 +92,7 @@ def handle_run(args: argparse.Namespace) -> int:
     from sparsebench.campaign.spec import load_campaign
     from sparsebench.campaign.worker import WorkerOptions
     from sparsebench.errors import ConfigError
+    from sparsebench.sweep.storage import check_separate_databases
 
     if args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
@@ -112,6 +113,7 @@ def handle_run(args: argparse.Namespace) -> int:
         progress=not args.no_progress and args.workers == 1 and args.worker_index is None,
         label="campaign" if args.worker_index is None else f"worker {args.worker_index}",
     )
+    check_separate_databases(options.tracking_uri, options.storage)
     try:
         return _run(spec, rows, options, args)
     except KeyboardInterrupt:

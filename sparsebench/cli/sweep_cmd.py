@@ -175,8 +175,10 @@ def _spec(args: argparse.Namespace, path: str | None) -> Any:
 
 def run(spec: Any, env: Any, args: argparse.Namespace) -> int:
     from sparsebench.sweep.status import interrupted_message
+    from sparsebench.sweep.storage import check_separate_databases, storage_url
     from sparsebench.sweep.workers import exit_status, run_sweep, run_worker, worker_problems
 
+    check_separate_databases(env.tracking_uri, storage_url(spec))
     try:
         if args.worker_index is not None:
             run_worker(spec, env, args.worker_index)

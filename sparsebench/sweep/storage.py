@@ -49,6 +49,39 @@ def is_rdb(url: str) -> bool:
     return "://" in url
 
 
+def _database(url: str) -> tuple[str, ...] | None:
+    """What identifies the database an SQLAlchemy URL opens (dialect family, host, port, name)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    family = parsed.get_backend_name()
+    if family == "sqlite":
+        return (family, str(Path(parsed.database or "").expanduser().resolve()))
+    return (family, str(parsed.host or ""), str(parsed.port or ""), str(parsed.database or ""))
+
+
+def check_separate_databases(tracking_uri: str, storage: str) -> None:
+    """Refuse one database for both the MLflow store and the optuna storage, before anything runs.
+
+    Both keep their schema version in a table named ``alembic_version``: whichever creates its
+    tables second finds the other's revision there and cannot migrate, so the study (or the store)
+    breaks on first use, after workers have started.
+    """
+    if not (is_rdb(tracking_uri) and is_rdb(storage)):
+        return
+    same = _database(tracking_uri)
+    if same is not None and same == _database(storage):
+        raise ConfigError(
+            f"the tracking store and the optuna storage are one database ({mask_uri(storage)}): both keep "
+            "an alembic_version table and break each other; give the storage a database of its own "
+            "(e.g. .../optuna)"
+        )
+
+
 def sweep_key(spec: SweepSpec) -> str:
     """Tags every MLflow run of one study in one storage (study names repeat across storages)."""
     return hashlib.sha1(f"{mask_uri(storage_url(spec))}|{spec.study}".encode()).hexdigest()[:16]
