@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from sparsebench.errors import ConfigError
+from sparsebench.files import folder_problem
 
 RECORD_VERSION = 1
 RECORD_NAME = "run_record.json"
@@ -113,13 +114,9 @@ def probe_target(path: Path) -> None:
     """Refuse a record path that exists or cannot be written, before the run spends any compute."""
     if path.exists():
         raise ConfigError(f"{path} exists; run records are written once and never edited")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        probe = path.with_name(f".{path.name}.probe")
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(f"cannot write the run record {path} ({exc.strerror or exc})") from None
+    problem = folder_problem(path.parent)
+    if problem is not None:
+        raise ConfigError(f"cannot write the run record {path} ({problem})")
 
 
 def read(path: Path) -> RunRecord:

@@ -22,6 +22,7 @@ import torch
 from filelock import FileLock, Timeout
 
 from sparsebench.errors import ConfigError, RunNotFoundError
+from sparsebench.files import folder_problem
 
 FALLBACK_DIR = Path("mlruns") / "checkpoints"
 """For stores without a local folder (PostgreSQL, a tracking server): under the working directory."""
@@ -74,16 +75,12 @@ def save(path: Path, payload: dict[str, Any]) -> None:
 
 def probe_writable(folder: Path, what: str) -> None:
     """Fail before training, not after the first epoch, when ``folder`` cannot be written."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".probe-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
+    problem = folder_problem(folder)
+    if problem is not None:
         raise ConfigError(
-            f"{what} {folder} is not writable ({exc.strerror or exc}); choose another with "
+            f"{what} {folder} is not writable ({problem}); choose another with "
             "SPARSEBENCH_CHECKPOINTS or --tracking-uri"
-        ) from None
+        )
 
 
 def full_run_id(run_id: str, root: Path | None = None) -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sparsebench.errors import SparsebenchError
+from sparsebench.files import folder_problem
 from sparsebench.tracking.uris import (
     DATABASE_SCHEMES,
     local_folder,
@@ -122,16 +123,12 @@ def _make_folder(uri: str, folder: Path) -> None:
                 f"tracking store {mask_uri(uri)}: {parent} is a file, not a folder; "
                 "give --tracking-uri a path in a folder"
             )
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".sparsebench-probe-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
+    problem = folder_problem(folder)
+    if problem is not None:
         raise TrackingStoreError(
-            f"tracking store folder {folder} cannot be written ({exc.strerror or exc}); "
+            f"tracking store folder {folder} cannot be written ({problem}); "
             "give --tracking-uri a writable place, e.g. sqlite:///$HOME/mlruns/mlflow.db"
-        ) from None
+        )
 
 
 def _check_sqlite(uri: str, database: Path) -> None:
