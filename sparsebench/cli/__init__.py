@@ -11,7 +11,8 @@ import sys
 from sparsebench.errors import SparsebenchError
 
 SUBCOMMANDS = (
-    "run", "sweep", "campaign", "report", "reproduce", "import", "bench", "list", "data", "gc", "completion"
+    "run", "sweep", "campaign", "report", "reproduce", "import", "bench", "experiment", "list", "data", "gc",
+    "completion",
 )  # fmt: skip
 
 
