@@ -25,6 +25,7 @@ from sparsebench.config import TrainConfig
 from sparsebench.errors import ConfigError
 from sparsebench.experiments import gradient_variance_record as gvr
 from sparsebench.experiments.estimators import ESTIMATORS, NoisyStack
+from sparsebench.experiments.gradient_variance_table import write_tables
 from sparsebench.experiments.variance_stats import measure
 from sparsebench.registry import METHODS, TASKS
 from sparsebench.run.loop import Trainer, build_optimizer, evaluate, start_training, train_epoch
@@ -274,7 +275,5 @@ def run(
 
 def write_outputs(rec: gvr.GradientVarianceRecord, out: Path) -> list[Path]:
     """The record and its table (Markdown and CSV) in ``out``."""
-    from sparsebench.experiments.gradient_variance_table import write_tables
-
     gvr.write(rec, out / gvr.RECORD_NAME)
     return [out / gvr.RECORD_NAME, *write_tables(rec, out)]
