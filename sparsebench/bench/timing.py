@@ -1,20 +1,20 @@
 """Timing a call: warm-up, blocks long enough for the clock, median and interquartile range.
 
 One call of a small model at batch 1 lasts tens of microseconds, below what a single timer read
-resolves reliably, so calls are timed in blocks sized to last ``block_seconds`` and the per-call
-time is the block time over its length. On CUDA the block is bracketed by events after a
-synchronisation, so queued kernels are counted and host overhead is not hidden.
+resolves reliably, so calls are timed in blocks sized to last ``block_seconds`` and
+the per-call time is the block time over its length; on CUDA each block is synchronised, so queued
+kernels are counted. The clock is ``torch.utils.benchmark``'s.
 """
 
 from __future__ import annotations
 
 import os
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch.utils import benchmark
 
 BUSY_LOAD_PER_CORE = 0.5
 """Above this 1-minute load average per core, other processes take a share of the timed code's time."""
@@ -33,22 +33,6 @@ class Timing:
         return self.q3_s - self.q1_s
 
 
-def _block_seconds(fn: Callable[[], object], calls: int, device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(calls):
-            fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / 1000.0
-    start_s = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return time.perf_counter() - start_s
-
-
 def measure(
     fn: Callable[[], object],
     device: torch.device,
@@ -56,16 +40,23 @@ def measure(
     warmup: int = 3,
     block_seconds: float = 0.01,
 ) -> Timing:
-    """Seconds per call of ``fn``: median and quartiles over ``repeats`` timed blocks."""
+    """Seconds per call of ``fn``: median and quartiles over ``repeats`` blocks of ``block_seconds``.
+
+    ``torch.utils.benchmark.Timer`` times each block (synchronising CUDA around it) with the
+    caller's thread count: its default of one thread would silently change what is measured. The
+    block length is doubled until a block lasts ``block_seconds``, then exactly ``repeats`` blocks
+    are timed, so every timing has the same number of samples behind its quartiles.
+    """
     for _ in range(warmup):
         fn()
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     calls = 1
     while calls < 1 << 16:
-        elapsed = _block_seconds(fn, calls, device)
+        elapsed = timer.timeit(calls).mean * calls
         if elapsed >= block_seconds:
             break
         calls = min(1 << 16, max(calls * 2, int(calls * block_seconds / max(elapsed, 1e-9))))
-    per_call = sorted(_block_seconds(fn, calls, device) / calls for _ in range(max(1, repeats)))
+    per_call = sorted(timer.timeit(calls).mean for _ in range(max(1, repeats)))
     if len(per_call) >= 2:
         q1, median, q3 = statistics.quantiles(per_call, n=4, method="inclusive")
     else:
