@@ -22,6 +22,7 @@ from pydantic import Field, StringConstraints, field_validator, model_validator
 from sparsebench.errors import ConfigError, SparsebenchError
 from sparsebench.sweep.schema import (
     ConfigValue,
+    Count,
     HeartbeatSection,
     Index,
     Number,
@@ -53,6 +54,24 @@ class PaperNumber(Section):
     note: str = ""
 
 
+class Target(Section):
+    """What a row must reach, as 3-seed means, to count as done; the report says met or by how much.
+
+    A target is the campaign's aim, not a quoted number (that is ``paper``): the two may differ (aim
+    beyond the paper), and a row may have a target without a paper. ``note`` says what was tried, so a
+    target that is not met is a stated gap, not a silent one.
+    """
+
+    error: Positive
+    """Test error (the task's metric, % on MNIST) the mean must not exceed."""
+    compression: Positive | None = None
+    """Weights-only compression |W| / |W != 0| the mean must reach."""
+    compression_structured: Positive | None = None
+    compression_precision: Positive | None = None
+    """Compression with the kept weights at reduced precision ("with bits")."""
+    note: str = ""
+
+
 class FromSweep(Section):
     """Where a frozen configuration came from: the sweep whose best trial (on validation) it is."""
 
@@ -61,6 +80,8 @@ class FromSweep(Section):
     frozen: Annotated[dict[str, ConfigValue], Field(min_length=1)]
     """The chosen values, copied here once; later sweeps do not change the row."""
     trial: Index | None = None
+    trials: Count | None = None
+    """Finished trials of the study when the value was chosen: the row's tuning budget, in the report."""
     note: str = ""
 
 
@@ -76,6 +97,8 @@ class RowFile(Section):
     init_from_row: Name | None = None
     """Start each seed from the exported model of this row's cell with the same seed."""
     paper: PaperNumber | None = None
+    target: Target | None = None
+    """What the row aims at (3-seed means); judged from the records in the report."""
     description: str = ""
     labels: dict[str, ConfigValue] = {}
     """Free-form facts an analysis groups rows by (``{width: 500, variant: A2}``, ``{target: 0.95}``)."""
@@ -141,6 +164,7 @@ class Row:
         self.from_sweep = raw.from_sweep
         self.init_from_row = raw.init_from_row
         self.paper = raw.paper
+        self.target = raw.target
         self.description = raw.description
         self.labels = dict(raw.labels)
 

@@ -23,7 +23,7 @@ from sparsebench.report import aggregate, figures, tables, writers
 from sparsebench.report.analyses import run_analyses
 from sparsebench.report.document import Block, heading, markdown
 from sparsebench.report.formatting import plural
-from sparsebench.report.leaderboard import leaderboard_block, leaderboard_table
+from sparsebench.report.leaderboard import campaign_tables, leaderboard_block
 from sparsebench.report.manifest import MANIFEST, manifest_runs, portable_path, portable_uri
 from sparsebench.report.records import load_records
 from sparsebench.report.sections import TaskData, TaskInfo, table_blocks, task_info, task_section
@@ -116,8 +116,8 @@ def make_report(request: ReportRequest) -> ReportResult:
     extra: list[tables.Table] = []
     analysis_files: list[Path] = []
     if records is not None:
-        extra = [leaderboard_table(records)]
-        blocks += [heading(2, "Campaign rows"), *table_blocks(extra[0])]
+        extra = campaign_tables(records)
+        blocks += [heading(2, "Campaign rows"), *(b for t in extra for b in table_blocks(t))]
         analysed = run_analyses(records, out)
         blocks += analysed.blocks
         extra += analysed.tables

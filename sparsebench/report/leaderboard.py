@@ -18,9 +18,11 @@ import pandas as pd
 from sparsebench.errors import ConfigError
 from sparsebench.report.aggregate import group_stats
 from sparsebench.report.formatting import DASH, fmt_x
+from sparsebench.report.origins import origins_table
 from sparsebench.report.records import RecordRow, RecordSet, load_records
 from sparsebench.report.select import NoMatchingRunsError
 from sparsebench.report.tables import Table
+from sparsebench.report.targets import targets_table
 from sparsebench.report.writers import to_markdown
 
 START = "<!-- leaderboard:start -->"
@@ -56,6 +58,13 @@ def leaderboard_table(records: RecordSet) -> Table:
         if column in display and (display[column] == DASH).all():
             display = display.drop(columns=column)
     return Table("leaderboard", "Leaderboard", stats, display, note(records), task=records.campaign)
+
+
+def campaign_tables(records: RecordSet) -> list[Table]:
+    """The report's tables of campaign rows: the leaderboard, the targets (if any row declares one)
+    and where each row's configuration came from (its tuning budget)."""
+    targets = targets_table(records)
+    return [leaderboard_table(records), *([targets] if targets is not None else []), origins_table(records)]
 
 
 def _error(mean: float, low: float, high: float) -> str:
@@ -123,6 +132,9 @@ def leaderboard_block(folder: Path) -> str:
         "",
         table.note,
     ]
+    targets = targets_table(records)
+    if targets is not None:
+        lines += ["", "Targets of the campaign spec:", "", to_markdown(targets.display), "", targets.note]
     if missing:
         lines += ["", f"Rows without records yet: {', '.join(missing)}."]
     return "\n".join(lines) + "\n"

@@ -37,6 +37,12 @@ class RecordRow:
     seeds: tuple[int, ...] = ()
     labels: dict[str, Any] = field(default_factory=dict)
     """The spec's free-form labels of the row (what an analysis groups by)."""
+    target: dict[str, Any] | None = None
+    """What the row aims at (``spec.Target``): judged from the records by ``report.targets``."""
+    config: dict[str, Any] = field(default_factory=dict)
+    """The overrides the spec sets by hand (``config:``), apart from a sweep's frozen values."""
+    from_sweep: dict[str, Any] | None = None
+    """The sweep a frozen configuration came from (``spec.FromSweep``), or None."""
 
 
 @dataclass
@@ -139,10 +145,13 @@ def spec_rows(spec: dict[str, Any], records: dict[Cell, record.RunRecord]) -> li
                 task=str(raw.get("task", "")),
                 method=str(raw.get("method", "")),
                 description=str(raw.get("description") or ""),
-                paper=raw.get("paper") if isinstance(raw.get("paper"), dict) else None,
+                paper=_mapping(raw.get("paper")),
                 init_from_row=raw.get("init_from_row"),
                 seeds=tuple(raw.get("seeds") or spec.get("seeds") or ()),
                 labels=dict(raw.get("labels") or {}),
+                target=_mapping(raw.get("target")),
+                config=dict(raw.get("config") or {}),
+                from_sweep=_mapping(raw.get("from_sweep")),
             )
         )
     known = {r.name for r in rows}
@@ -151,6 +160,11 @@ def spec_rows(spec: dict[str, Any], records: dict[Cell, record.RunRecord]) -> li
             rows.append(RecordRow(cell.row, rec.task, rec.method))
             known.add(cell.row)
     return rows
+
+
+def _mapping(value: Any) -> dict[str, Any] | None:
+    """A spec copy's section as a dict, or None (absent, or written by another version in another shape)."""
+    return dict(value) if isinstance(value, dict) else None
 
 
 def _concat(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
