@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sparsebench.errors import ConfigError
 from sparsebench.experiments.estimators import ESTIMATORS, LABELS
@@ -94,7 +94,8 @@ class GradientVarianceRecord(BaseModel):
     """Everything the table and the report section need, and enough to run it again."""
 
     model_config = ConfigDict(extra="forbid")
-    version: int = RECORD_VERSION
+    version: int = Field(RECORD_VERSION, le=RECORD_VERSION)
+    """Format version; a newer record than this sparsebench reads is refused."""
     config: dict[str, Any]
     versions: dict[str, str]
     git_commit: str | None = None
@@ -103,15 +104,6 @@ class GradientVarianceRecord(BaseModel):
     finished: bool = False
     note: str = ""
     """Why the run differs from the request (a time limit cut the last point short, ...)."""
-
-    @field_validator("version")
-    @classmethod
-    def _known_version(cls, value: int) -> int:
-        if value > RECORD_VERSION:
-            raise ValueError(
-                f"record version {value} is newer than this sparsebench reads ({RECORD_VERSION})"
-            )
-        return value
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), indent=1, sort_keys=True, allow_nan=False) + "\n"
@@ -178,7 +170,7 @@ def comparison_frame(rec: GradientVarianceRecord) -> pd.DataFrame:
 
 def _order(values: dict[str, float]) -> str:
     noisy = [e for e in ESTIMATORS if e != "none" and e in values]
-    return " < ".join(sorted(noisy, key=lambda e: values[e]))
+    return "<".join(sorted(noisy, key=lambda e: values[e]))
 
 
 def ordering_frame(rec: GradientVarianceRecord) -> pd.DataFrame:
