@@ -157,6 +157,7 @@ def measure_point(session: Session, cfg: GradientVarianceConfig, log: Callable[[
     train = session.splits.train
     layers = {"bottom": 0, "top": len(stack.weights) - 1}
     cells, seconds = [], {}
+    rng = torch.get_rng_state()  # measuring reseeds the noise; training resumes its own stream
     for est in ESTIMATORS:
         result = measure(
             stack,
@@ -185,6 +186,7 @@ def measure_point(session: Session, cfg: GradientVarianceConfig, log: Callable[[
                 )
             )
             log(f"  {est:9s} {name:6s} {value:.3e} ± {error:.1e} ({result.seconds_per_repeat:.2f} s/repeat)")
+    torch.set_rng_state(rng)
     return cells, seconds
 
 
