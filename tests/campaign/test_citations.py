@@ -53,7 +53,8 @@ def has_record(folder: Path) -> bool:
 
 def folder_problems(root: Path) -> list[str]:
     """Every entry of reports/ is a campaign results folder (its spec copy, runs/ of records, reports
-    made from them, experiments with their records) or an experiment's folder with its record."""
+    made from them, experiments with their records) or an experiment's folder with its record (in it,
+    or in a folder of it: ``sparsebench experiment`` may write before the campaign's first cell)."""
     problems = []
     for entry in sorted((root / REPORTS).iterdir()) if (root / REPORTS).is_dir() else []:
         name = entry.relative_to(root).as_posix()
@@ -61,7 +62,7 @@ def folder_problems(root: Path) -> list[str]:
             problems.append(f"{name}: a file directly under reports/; results live in a campaign folder")
         elif (entry / SPEC_COPY).is_file():
             problems += campaign_problems(root, entry)
-        elif not has_record(entry):
+        elif not (has_record(entry) or any(has_record(c) for c in entry.iterdir() if c.is_dir())):
             problems.append(f"{name}: no {SPEC_COPY} nor a record (no committed record regenerates it)")
     return problems
 
@@ -189,7 +190,8 @@ def test_the_checks_fail_on_the_old_layout(tmp_path: Path) -> None:
         if entry.name not in {"README.md", "docs", REPORTS, ".git"}:
             (tmp_path / entry.name).symlink_to(entry)
     experiment = {"version": 1, "config": {"train.epochs": 10}, "versions": {"sparsebench": "0"}}
-    for folder in (tmp_path / REPORTS / "kingma" / "gradient-variance", tmp_path / REPORTS / "one-run"):
+    experiments = ("kingma/gradient-variance", "one-run", "no-campaign-yet/gradient-variance")
+    for folder in (tmp_path / REPORTS / name for name in experiments):
         folder.mkdir(parents=True)
         (folder / "record.json").write_text(json.dumps(experiment))
     (tmp_path / REPORTS / "kingma" / SPEC_COPY).write_text("{}")  # a campaign holding an experiment
