@@ -11,8 +11,6 @@ import argparse
 import sys
 from typing import Any
 
-from sparsebench.cli._common import add_env_flags
-
 DEFAULT_OUT = "reports/kingma2015/gradient-variance"
 
 EXAMPLES = f"""examples:
@@ -68,7 +66,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         )
     gv.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
     gv.add_argument("--overwrite", action="store_true", help="replace a record already in --out")
-    add_env_flags(gv, device=False, experiment=False)
+    gv.add_argument(
+        "--data-dir", help="dataset root (default: $SPARSEBENCH_DATA, else ~/.cache/sparsebench/data)"
+    )
     gv.set_defaults(handler=handle_gradient_variance)
     p.set_defaults(handler=lambda args: p.print_help() or 2)
 
