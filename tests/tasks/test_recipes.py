@@ -61,12 +61,15 @@ def test_the_run_plan_resolves_the_same_recipe(case: dict[str, Any]) -> None:
 
 ADDED_AFTER_THE_PIN = frozenset({"l0"})
 """Methods built in after the table was generated: their recipes are pinned by their own tests."""
+TASKS_ADDED_AFTER_THE_PIN = frozenset({"mnist_mlp"})
+"""Tasks built in after the table was generated: pinned by their own tests (tests/tasks/test_mnist_mlp.py)."""
 
 
 def test_the_pinned_table_covers_every_built_in_pair() -> None:
     pairs = {(c["task"], c["method"]) for c in EXPECTED}
     methods = set(METHODS.builtin_names()) - ADDED_AFTER_THE_PIN
-    assert pairs == {(t, m) for t in TASKS.builtin_names() for m in methods}
+    tasks = set(TASKS.builtin_names()) - TASKS_ADDED_AFTER_THE_PIN
+    assert pairs == {(t, m) for t in tasks for m in methods}
 
 
 def test_each_call_gives_a_fresh_recipe() -> None:
