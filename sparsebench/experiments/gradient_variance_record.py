@@ -168,32 +168,57 @@ def comparison_frame(rec: GradientVarianceRecord) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _order(values: dict[str, float]) -> str:
-    noisy = [e for e in ESTIMATORS if e != "none" and e in values]
-    return "<".join(sorted(noisy, key=lambda e: values[e]))
+RESOLVED_SE = 2.0
+"""Two of our variances count as ordered when they differ by more than this many standard errors of
+the difference; closer ones are shown as ``a≈b``."""
+
+
+def _order(values: dict[str, float], errors: dict[str, float] | None = None) -> str:
+    """``lrt<separate<single`` from smallest to largest; with errors, ``≈`` where unresolved."""
+    noisy = sorted((e for e in ESTIMATORS if e != "none" and e in values), key=lambda e: values[e])
+    text = noisy[0]
+    for low, high in zip(noisy[:-1], noisy[1:], strict=True):
+        gap = values[high] - values[low]
+        resolved = errors is None or gap > RESOLVED_SE * math.hypot(errors[low], errors[high])
+        text += ("<" if resolved else "≈") + high
+    return text
+
+
+def _lrt_clearly_smallest(values: dict[str, float], errors: dict[str, float]) -> bool:
+    return all(
+        values[other] - values["lrt"] > RESOLVED_SE * math.hypot(errors["lrt"], errors[other])
+        for other in ("separate", "single")
+    )
 
 
 def ordering_frame(rec: GradientVarianceRecord) -> pd.DataFrame:
     """Per (point, layer): the order of the three noisy estimators, ours / paper / replication, and
-    whether LRT's variance is the smallest of the three."""
+    whether LRT's variance is the smallest of the three (by its estimate, and beyond the errors)."""
     rows = []
     for point in rec.points:
         ref = paper_epoch(point.epoch)
         for layer in LAYERS:
             ours = {c.estimator: c.variance for c in point.cells if c.layer == layer}
+            errors = {c.estimator: c.std_error for c in point.cells if c.layer == layer}
             if not {"lrt", "separate", "single"} <= set(ours):
                 continue
             paper = {e: PAPER[(e, layer, ref)] for e in ESTIMATORS}
-            repl = {e: REPLICATION[(e, layer, ref)] for e in ESTIMATORS}
             rows.append(
                 {
                     "epochs": point.epoch,
                     "layer": layer,
-                    "ours": _order(ours),
+                    "ours": _order(ours, errors),
                     "lrt_smallest": _order(ours).startswith("lrt"),
+                    "lrt_smallest_beyond_2se": _lrt_clearly_smallest(ours, errors),
                     "paper_epochs": ref,
                     "paper": _order(paper),
-                    "replication": _order(repl),
+                    "replication": _order({e: REPLICATION[(e, layer, ref)] for e in ESTIMATORS}),
+                    # The paper's two claims in numbers: LRT about 2x below separate samples, and
+                    # one shared sample worse than separate ones (its variance does not fall as 1/M).
+                    "separate/lrt": ours["separate"] / ours["lrt"],
+                    "separate/lrt paper": paper["separate"] / paper["lrt"],
+                    "single/separate": ours["single"] / ours["separate"],
+                    "single/separate paper": paper["single"] / paper["separate"],
                 }
             )
     return pd.DataFrame(rows)
@@ -211,5 +236,10 @@ def display_frames(rec: GradientVarianceRecord) -> tuple[pd.DataFrame, pd.DataFr
         gngdb=[sci(v) for v in comp["replication"]],
     )
     if not order.empty:
-        order = order.assign(lrt_smallest=order["lrt_smallest"].map({True: "yes", False: "no"}))
+        yes_no = {True: "yes", False: "no"}
+        order = order.assign(
+            lrt_smallest=order["lrt_smallest"].map(yes_no),
+            lrt_smallest_beyond_2se=order["lrt_smallest_beyond_2se"].map(yes_no),
+            **{c: order[c].map(lambda v: f"{v:.2f}") for c in order.columns if "/" in c},
+        )
     return shown, order

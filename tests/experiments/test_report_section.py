@@ -60,7 +60,19 @@ def test_the_section_renders_ours_the_paper_and_the_orderings(records_folder: Pa
     assert set(later["paper_epochs"]) == {100} and later["paper"].iloc[0] == 1.1e2
     assert order.numbers["lrt_smallest"].tolist() == [True, False, True, False]
     assert order.numbers["paper"].tolist() == ["lrt<separate<single"] * 4
+    assert order.numbers["separate/lrt"].tolist() == pytest.approx([2.0, 2 / 3, 2.0, 2 / 3])
+    assert order.numbers["separate/lrt paper"].iloc[0] == pytest.approx(1.4e4 / 7.8e3)
     assert "7.8e+03 (10 ep.)" in values.display["paper"].tolist()
+
+
+def test_orderings_within_two_standard_errors_are_ties() -> None:
+    rec = fake_record((10,))
+    for cell in rec.points[0].cells:
+        if cell.layer == "top" and cell.estimator == "single":
+            cell.variance, cell.std_error = 21.0, 1.0  # separate: 20 +- 2
+    order = gvr.ordering_frame(rec)
+    assert order["ours"].tolist() == ["lrt<separate≈single", "separate<lrt≈single"]
+    assert order["lrt_smallest_beyond_2se"].tolist() == [True, False]
 
 
 def test_without_the_record_the_section_is_a_note(records_folder: Path, tmp_path: Path) -> None:
