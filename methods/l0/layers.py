@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from sparsebench.toolkit.exact import pinned_mask
 from sparsebench.toolkit.surgery import copy_as, standard_layer
 
 from . import gates
@@ -83,9 +84,16 @@ class _L0Gated:
             bias = bias * z
         return weight, bias
 
-    def eval_parameters(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The weight and bias of evaluation and export: multiplied by the test-time gates."""
+    def gate_parameters(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The weight and bias multiplied by the test-time gates (what export starts from)."""
         return self._gated(self.eval_gates())
+
+    def eval_parameters(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The weight and bias of evaluation: multiplied by the test-time gates, and by the run's
+        exact keep-mask once the method pinned one (``method.sparsity``, after training)."""
+        weight, bias = self.gate_parameters()
+        exact = pinned_mask(self)  # type: ignore[arg-type]
+        return (weight, bias) if exact is None else (weight * exact, bias)
 
     def train_parameters(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The weight and bias of one training step: one gate sample shared by the whole minibatch."""
@@ -123,10 +131,16 @@ class _L0Gated:
         with torch.no_grad():
             return self.eval_parameters()[0] != 0
 
-    def to_dense(self) -> nn.Module:
-        """The standard layer with the test-time gated weight and bias (exact zeros where closed)."""
+    def gate_open_mask(self) -> torch.Tensor:
+        """Weights whose test-time gated value is nonzero, whatever exact mask is pinned."""
         with torch.no_grad():
-            weight, bias = self.eval_parameters()
+            return self.gate_parameters()[0] != 0
+
+    def to_dense(self) -> nn.Module:
+        """The standard layer with the test-time gated weight and bias (exact zeros where closed);
+        the method's masks are applied by the caller, so a pinned exact mask is not."""
+        with torch.no_grad():
+            weight, bias = self.gate_parameters()
         return standard_layer(self, weight.detach(), None if bias is None else bias.detach())
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -13,6 +14,13 @@ from sparsebench.config import TrainConfig, option
 from sparsebench.errors import ConfigError
 from sparsebench.method import SparsityMethod, StepContext, task_family
 from sparsebench.registry import register_method
+from sparsebench.toolkit.exact import (
+    ExactAxis,
+    check_exact_options,
+    exact_keep,
+    exact_levels,
+    pin_exact_masks,
+)
 from sparsebench.toolkit.surgery import modules_of_type, replace_modules
 
 from . import gates
@@ -63,6 +71,15 @@ class L0Config:
     weight_init: Literal["model", "kaiming"] = option(
         "model", "weights from the model (the task's init, or --init-from), or the reference's N(0, 2/fan_in)"
     )
+    sparsity: float = option(
+        0.0,
+        "0 = remove the weights whose test-time gate is closed; in (0, 1), weight gates only: remove "
+        "exactly this fraction, the lowest gate log alpha over all layers first (matched-sparsity "
+        "comparisons; training is unchanged), and read a curve at exact sparsities",
+    )
+    curve_sparsities: list[float] = option(
+        [], "with method.sparsity: more exact sparsities the curve reads (e.g. every target)"
+    )
 
 
 @register_method("l0")
@@ -71,6 +88,7 @@ class L0(SparsityMethod):
     paper = "Louizos, Welling, Kingma. Learning Sparse Neural Networks through L0 Regularization. ICLR 2018"
     Config = L0Config
     layer_types = (nn.Linear, nn.Conv2d)
+    curve_axis = ExactAxis("")  # no curve of its own; "sparsity" once method.sparsity > 0
 
     def _check_config(self) -> None:
         """Refuse settings the option ranges cannot express; called from ``convert``, once the
@@ -86,6 +104,12 @@ class L0(SparsityMethod):
             )
         if any(value < 0 for value in cfg.lams):
             raise ConfigError(f"method.lams must be >= 0, got {list(cfg.lams)}")
+        check_exact_options(cfg.sparsity, cfg.curve_sparsities)
+        if cfg.sparsity > 0.0 and cfg.granularity != "weight":
+            raise ConfigError(
+                "method.sparsity ranks single weights by their gates, which needs method.granularity=weight "
+                "(a group gate would have to be split)"
+            )
 
     def adjust_recipe(self, task: Task | str, recipe: TrainConfig) -> TrainConfig:
         """The reference's MNIST training: Adam 1e-3 at a constant rate, batch 100, 200 epochs."""
@@ -157,9 +181,51 @@ class L0(SparsityMethod):
             "open_gate_fraction": gates_open / max(1, gates_all),
         }
 
+    def calibrate(self, model: nn.Module, validate: Callable[[nn.Module], float]) -> dict[str, float]:
+        """With ``method.sparsity``: pin the exact masks, so evaluation computes what export does.
+
+        Returns the share of weights whose gates training closed (%), which the exact target then
+        tops up: where the run landed by itself.
+        """
+        if self.config.sparsity <= 0.0:
+            return {}
+        layers = self.layers(model)
+        pin_exact_masks(layers, self.masks_at(model, self.config.sparsity))
+        closed = sum(int((~layer.gate_open_mask()).sum()) for layer in layers.values())
+        return {"gate_sparsity": 100.0 * closed / max(1, sum(m.weight.numel() for m in layers.values()))}
+
     def masks(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """A weight is kept where its test-time gated value is nonzero (a closed gate removes it)."""
+        """A weight is kept where its test-time gated value is nonzero (a closed gate removes it).
+
+        With ``method.sparsity`` the exact masks ``calibrate`` pinned count too, so after training
+        these are ``masks_at(model, method.sparsity)``; during training (per-epoch sparsity) they are
+        the gates' own, which shows where lambda takes the run.
+        """
         return {path: layer.keep_mask() for path, layer in self.layers(model).items()}
+
+    def curve_levels(self) -> Sequence[float]:
+        """The exact sparsities of ``method.sparsity`` and ``method.curve_sparsities`` (none without)."""
+        if self.config.sparsity > 0.0:
+            return exact_levels(self.config.sparsity, self.config.curve_sparsities)
+        return ()
+
+    def chosen_level(self) -> float | None:
+        return self.config.sparsity if self.config.sparsity > 0.0 else None
+
+    def masks_at(self, model: nn.Module, level: float) -> dict[str, torch.Tensor]:
+        """Exactly the fraction ``level`` removed: the lowest gate log alpha first (the gates least
+        likely open), |weight| among gates at the same value (the clamp), and every closed gate too.
+
+        A weight whose test-time gate is closed stays removed even when the ranking would keep it,
+        so a run that training left sparser than ``level`` is counted at its own, higher sparsity.
+        """
+        if self.config.sparsity <= 0.0:
+            raise NotImplementedError("l0 reads a curve only with method.sparsity > 0")
+        layers = self.layers(model)
+        with torch.no_grad():
+            scores = {path: layer.log_alpha.expand_as(layer.weight) for path, layer in layers.items()}
+            ranked = exact_keep(scores, level, {path: layer.weight.abs() for path, layer in layers.items()})
+        return {path: ranked[path] & layer.gate_open_mask() for path, layer in layers.items()}
 
     def export(self, model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
         """Standard layers holding the test-time gated weights; ``masks`` are what those zeros give.

@@ -18,6 +18,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from sparsebench.config import option
 from sparsebench.toolkit.compiled import compiled
+from sparsebench.toolkit.exact import pinned_mask
 from sparsebench.toolkit.layout import strided_like
 from sparsebench.toolkit.noise import gaussian_preactivation
 from sparsebench.toolkit.surgery import copy_as, standard_layer
@@ -47,6 +48,15 @@ class SparseVDConfig:
         "clamped_alpha", "training variance from clamped alpha * theta^2 (ars) or from exp(log sigma^2)"
     )
     eps0: float = option(1e-8, "floor added to the pre-activation variance inside the square root")
+    sparsity: float = option(
+        0.0,
+        "0 = prune by the threshold; in (0, 1): after training remove exactly this fraction of the "
+        "weights, the highest log alpha over all layers first (matched-sparsity comparisons; training "
+        "is unchanged), and read the threshold curve at exact sparsities",
+    )
+    curve_sparsities: list[float] = option(
+        [], "with method.sparsity: more exact sparsities the threshold curve reads (e.g. every target)"
+    )
 
 
 _KL_STASH: weakref.WeakKeyDictionary[nn.Module, tuple[torch.Tensor, tuple[int, ...]]] = (
@@ -134,7 +144,8 @@ class _SparseVDMixin:
         return rule == "all" or (rule == "ars" and not self.masked_noise_in_ars)
 
     def _eval_weight(self) -> torch.Tensor:
-        return self.weight * self.keep_mask()
+        exact = pinned_mask(self)  # method.sparsity: the run's exact masks, pinned after training
+        return self.weight * (self.keep_mask() if exact is None else exact)
 
 
 class LinearSVD(nn.Linear, _SparseVDMixin):

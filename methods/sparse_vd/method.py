@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -11,9 +11,18 @@ from torch import nn
 
 from sparsebench.method import SparsityMethod, StepContext
 from sparsebench.registry import register_method
+from sparsebench.toolkit.exact import (
+    ExactAxis,
+    check_exact_options,
+    exact_keep,
+    exact_levels,
+    pin_exact_masks,
+    pinned_mask,
+)
 from sparsebench.toolkit.kl import kl_warmup
 from sparsebench.toolkit.surgery import modules_of_type, replace_modules
 
+from .fused import EPS_THETA
 from .layers import _KL_STASH, SVD_LAYERS, Conv2dSVD, LinearSVD, SparseVDConfig
 
 
@@ -24,10 +33,12 @@ class SparseVD(SparsityMethod):
     Config = SparseVDConfig
     layer_types = (nn.Linear, nn.Conv2d, nn.LSTM, nn.Embedding)
     recipe_kind = "per_weight_alpha"
-    curve_axis = "log_alpha_threshold"
+    curve_axis = ExactAxis("log_alpha_threshold")  # "sparsity" once method.sparsity > 0
 
     def convert(self, model: nn.Module) -> nn.Module:
         from .recurrent import recurrent_swap
+
+        check_exact_options(self.config.sparsity, self.config.curve_sparsities)
 
         recurrent = recurrent_swap(model, self.config)
 
@@ -69,19 +80,48 @@ class SparseVD(SparsityMethod):
             log_alphas = torch.cat([m.log_alpha().flatten() for m in layers.values()])
             return {"kl": float(self.kl(model)), "mean_log_alpha": float(log_alphas.mean())}
 
+    def calibrate(self, model: nn.Module, validate: Callable[[nn.Module], float]) -> dict[str, float]:
+        """With ``method.sparsity``: pin the exact masks, so evaluation computes what export does.
+
+        Returns the share of weights the threshold alone removes (%): where the run landed by itself.
+        """
+        if self.config.sparsity <= 0.0:
+            return {}
+        layers = modules_of_type(model, SVD_LAYERS)
+        pin_exact_masks(layers, self.masks_at(model, self.config.sparsity))
+        removed = sum(int((~m.keep_mask()).sum()) for m in layers.values())
+        total = sum(m.weight.numel() for m in layers.values())
+        return {"threshold_sparsity": 100.0 * removed / max(1, total)}
+
     def masks(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        return self.masks_at(model, self.config.threshold)
+        """The threshold rule; with ``method.sparsity``, the exact masks once ``calibrate`` pinned them
+        (after training: ``masks_at(model, method.sparsity)``), the threshold's during training."""
+        layers = modules_of_type(model, SVD_LAYERS)
+        pinned = {path: pinned_mask(m) for path, m in layers.items()}
+        if self.config.sparsity > 0.0 and all(mask is not None for mask in pinned.values()):
+            return {path: mask.clone() for path, mask in pinned.items()}  # type: ignore[union-attr]
+        return {path: m.keep_mask() for path, m in layers.items()}
 
     def curve_levels(self) -> Sequence[float]:
-        """Absolute log alpha thresholds from -4 to 8 (the clamp) in steps of 0.5."""
+        """Absolute log alpha thresholds from -4 to 8 (the clamp) in steps of 0.5; with
+        ``method.sparsity``, the exact sparsities instead."""
+        if self.config.sparsity > 0.0:
+            return exact_levels(self.config.sparsity, self.config.curve_sparsities)
         return tuple(x / 2 for x in range(-8, 17))
 
     def chosen_level(self) -> float:
-        return self.config.threshold
+        return self.config.sparsity if self.config.sparsity > 0.0 else self.config.threshold
 
     def masks_at(self, model: nn.Module, level: float) -> dict[str, torch.Tensor]:
-        """Keep every weight whose log alpha is below ``level``, an absolute threshold."""
-        return {path: m.keep_mask(level) for path, m in modules_of_type(model, SVD_LAYERS).items()}
+        """Keep every weight whose log alpha is below ``level``, an absolute threshold; with
+        ``method.sparsity``, ``level`` is an exact sparsity reached by ranking log alpha."""
+        layers = modules_of_type(model, SVD_LAYERS)
+        if self.config.sparsity <= 0.0:
+            return {path: m.keep_mask(level) for path, m in layers.items()}
+        with torch.no_grad():
+            # -log alpha, unclamped: among the weights at the +8 clamp the noisier still go first
+            score = {p: torch.log(m.weight.pow(2) + EPS_THETA) - m.log_sigma2 for p, m in layers.items()}
+            return exact_keep(score, level, {p: m.weight.abs() for p, m in layers.items()})
 
     def export(self, model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
         from .recurrent import LSTMSVD

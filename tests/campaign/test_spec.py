@@ -50,11 +50,31 @@ def test_the_shipped_mnist_campaign_declares_the_issue_rows_with_three_seeds() -
     assert spec.row("lenet300_100-variational_dropout-A2").config == {"method.variant": "A2"}
 
 
-def test_every_shipped_row_builds_converts_and_starts_from_its_parent() -> None:
+def test_the_shipped_matched_sparsity_campaign_labels_every_row_with_its_targets() -> None:
+    """Issue 20: four methods, three seeds, five targets on LeNet-300-100 and four on LeNet-5, and as
+    many training runs per method and seed as there are targets (docs/matched-sparsity.md)."""
+    spec = load_campaign("matched-sparsity")
+    assert spec.results == Path("reports/matched-sparsity") and spec.raw.analyses == ["matched_sparsity"]
+    assert all(r.seeds == (0, 1, 2) for r in spec.rows)
+    targets = {"lenet300_100": [0.9, 0.95, 0.98, 0.99, 0.995], "lenet5": [0.9, 0.95, 0.98, 0.99]}
+    for task, wanted in targets.items():
+        for method in ("magnitude", "random", "sparse_vd", "l0"):
+            rows = [r for r in spec.rows if r.task == task and r.method == method]
+            assert len(rows) == len(wanted), (task, method)  # the equal budget
+            if method in ("magnitude", "random"):
+                assert sorted(r.labels["target"] for r in rows) == wanted
+                assert all(r.config["method.sparsity"] == r.labels["target"] for r in rows)
+            else:
+                assert all(r.labels["targets"] == wanted == r.config["method.curve_sparsities"] for r in rows)
+                assert all(r.config["method.sparsity"] == max(wanted) for r in rows)
+
+
+@pytest.mark.parametrize("name", ["mnist", "matched-sparsity"])
+def test_every_shipped_row_builds_converts_and_starts_from_its_parent(name: str) -> None:
     """Beyond the config check the loader makes: each row's model and method really go together."""
     from sparsebench.run.plan import plan_run
 
-    spec = load_campaign(ROOT / "sweeps" / "campaigns" / "mnist.yaml")
+    spec = load_campaign(ROOT / "sweeps" / "campaigns" / f"{name}.yaml")
     exported = {}  # a row's plain model, as its export would look to a child row
     for r in spec.rows:
         plan = plan_run(r.task, r.method, r.overrides(r.seeds[0]))

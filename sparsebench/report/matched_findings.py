@@ -1,0 +1,122 @@
+"""The published findings of the matched-sparsity comparison, each judged from our records.
+
+Gale, Elsen and Hooker (2019) compared magnitude pruning, random pruning, Sparse VD and L0
+regularisation at matched sparsity on Transformer and ResNet-50. Issue 20 sums up what they found in
+three statements; each is turned here into a rule a set of records can pass or fail, so the report
+says whether MNIST agrees from the numbers, never from a sentence written by hand:
+
+- magnitude pruning is strong at moderate sparsity: at every target up to 95 % it has the lowest
+  mean test error, or is not significantly worse than the method that has (paired t-test over
+  seeds, p >= 0.05);
+- Sparse VD is best at the highest sparsity: at the highest target both it and another method
+  reach, it has the lowest mean test error;
+- L0 regularisation is less reliable: its test error varies more from seed to seed, relative to its
+  mean (coefficient of variation, averaged over targets), than magnitude pruning's and Sparse VD's.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from sparsebench.report.aggregate import best_at_levels, matched_summary, paired_tests
+from sparsebench.report.matched_points import pct
+
+MAGNITUDE, SPARSE_VD, L0 = "magnitude", "sparse_vd", "l0"
+MODERATE = 0.95
+"""Targets up to this sparsity count as moderate."""
+PUBLISHED = (
+    f"Magnitude pruning is strong at moderate sparsity (targets up to {pct(MODERATE)})",
+    "Sparse VD is best at the highest sparsity",
+    "L0 regularisation is less reliable (its results vary more)",
+)
+CITATION = "Gale, Elsen, Hooker 2019, The State of Sparsity in Deep Neural Networks (Transformer, ResNet-50)"
+
+
+def judged(chosen: pd.DataFrame) -> pd.DataFrame:
+    """Per (task, target, method): mean test error, the best method, and the paired test against it."""
+    matched = chosen.rename(columns={"target": "level", "test": "test_metric"})
+    matched = matched[["task", "method", "seed", "level", "test_metric"]]
+    summary = matched_summary(matched)
+    if summary.empty:
+        return summary
+    return best_at_levels(summary, paired_tests(matched))
+
+
+def standing(table: pd.DataFrame, task: str, target: float, method: str) -> tuple[str, str]:
+    """(outcome, words) of ``method`` at one target: best, tied, worse, behind (untested) or absent."""
+    here = table[(table.task == task) & (table.level == target)].dropna(subset=["test_metric_mean"])
+    mine = here[here.method == method]
+    if mine.empty or len(here) < 2:
+        return "absent", f"no comparison at {pct(target)}"
+    row, best = mine.iloc[0], here.loc[here.test_metric_mean.idxmin()]
+    if bool(row.best):
+        runner = here[here.method != method].test_metric_mean.min()
+        return "best", f"best at {pct(target)} ({row.test_metric_mean:.2f} % vs {runner:.2f} %)"
+    versus = f"{row.test_metric_mean:.2f} % vs {best.method} {best.test_metric_mean:.2f} %"
+    if row.vs_best == "n.s.":
+        return (
+            "tied",
+            f"not significantly worse than {best.method} at {pct(target)} "
+            f"({versus}, p = {row.p_vs_best:.2g})",
+        )
+    if row.vs_best == "worse":
+        return "worse", f"worse than {best.method} at {pct(target)} ({versus}, p = {row.p_vs_best:.2g})"
+    return "behind", f"behind {best.method} at {pct(target)} ({versus}; too few paired seeds to test)"
+
+
+def magnitude_moderate(table: pd.DataFrame, task: str) -> str:
+    targets = sorted(t for t in table[table.task == task].level.unique() if t <= MODERATE + 1e-12)
+    results = [standing(table, task, t, MAGNITUDE) for t in targets]
+    results = [r for r in results if r[0] != "absent"]
+    if not results:
+        return "cannot be judged: no moderate target where magnitude pruning and another method have records"
+    outcomes = {r[0] for r in results}
+    verdict = (
+        "disagrees" if "worse" in outcomes else ("agrees" if outcomes <= {"best", "tied"} else "undecided")
+    )
+    return f"{verdict}: " + "; ".join(r[1] for r in results)
+
+
+def sparse_vd_highest(table: pd.DataFrame, task: str) -> str:
+    here = table[(table.task == task)].dropna(subset=["test_metric_mean"])
+    shared = [t for t, g in here.groupby("level") if SPARSE_VD in set(g.method) and len(g) >= 2]
+    if not shared:
+        return "cannot be judged: no target where Sparse VD and another method both have records"
+    outcome, words = standing(table, task, max(shared), SPARSE_VD)
+    verdict = {"best": "agrees", "tied": "partly (not the lowest mean, not significantly worse)"}
+    return f"{verdict.get(outcome, 'disagrees' if outcome == 'worse' else 'undecided')}: {words}"
+
+
+def variation(chosen: pd.DataFrame, task: str) -> dict[str, float]:
+    """Per method, the coefficient of variation of test error over seeds, averaged over targets (n >= 2)."""
+    out = {}
+    for method, group in chosen[chosen.task == task].groupby("method"):
+        per_target = group.groupby("target").test.agg(["std", "mean", "count"])
+        per_target = per_target[(per_target["count"] >= 2) & (per_target["mean"] > 0)]
+        if not per_target.empty:
+            out[str(method)] = float((per_target["std"] / per_target["mean"]).mean())
+    return out
+
+
+def l0_reliability(chosen: pd.DataFrame, task: str) -> str:
+    cv = variation(chosen, task)
+    others = {m: cv[m] for m in (MAGNITUDE, SPARSE_VD) if m in cv}
+    if L0 not in cv or not others:
+        return "cannot be judged: L0 and magnitude pruning or Sparse VD need two seeds at some target"
+    words = ", ".join(f"{m} {100 * v:.1f} %" for m, v in {L0: cv[L0], **others}.items())
+    verdict = "agrees" if all(cv[L0] > v for v in others.values()) else "disagrees"
+    return f"{verdict}: seed-to-seed variation of the test error (std / mean, averaged over targets) {words}"
+
+
+def findings(chosen: pd.DataFrame) -> list[str]:
+    """Markdown lines: each published finding, then the verdict of every task's records."""
+    if chosen.empty:
+        return []
+    table = judged(chosen)
+    lines = [f"Published findings ({CITATION}) beside what our records say:"]
+    rules = (magnitude_moderate, sparse_vd_highest, lambda t, task: l0_reliability(chosen, task))
+    for claim, rule in zip(PUBLISHED, rules, strict=True):
+        lines.append(f"- **{claim}.**")
+        for task in sorted(chosen.task.unique()):
+            lines.append(f"  - {task}: {rule(table, task)}")
+    return lines

@@ -1,0 +1,199 @@
+"""The matched-sparsity analysis on hand-made records: choice on validation, table, figure, findings.
+
+The records are written by ``records_folder`` (magnitude and random rows: one run per target) and
+given threshold curves on the ``sparsity`` axis here (Sparse VD and L0 rows: one run read at every
+target). Every expected number below is computed by hand from the numbers the test writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from scipy import stats
+
+from sparsebench.campaign.cells import Cell, record_path
+from sparsebench.report.build import ReportRequest, make_report
+from sparsebench.report.matched_findings import findings
+from sparsebench.report.matched_points import matched_points
+from sparsebench.report.matched_sparsity import section
+from sparsebench.report.records import load_records
+from sparsebench.report.select import Selection
+from tests.report.records_folder import FakeCell, write_records_folder
+
+WEIGHTS = 266_200
+T = [0.9, 0.995]
+T_CRIT = stats.t.ppf(0.975, df=2)  # 4.303: three seeds
+
+
+def rows() -> list[dict]:
+    def fixed(method: str, target: float) -> dict:
+        return {
+            "name": f"{method}-{target}",
+            "task": "lenet300_100",
+            "method": method,
+            "labels": {"target": target},
+        }
+
+    def grid(method: str, key: str, value: float) -> dict:
+        labels = {"targets": T, key: value}
+        return {"name": f"{method}-{key}{value}", "task": "lenet300_100", "method": method, "labels": labels}
+
+    return [
+        *(fixed(m, t) for m in ("magnitude", "random") for t in T),
+        grid("sparse_vd", "kl_weight", 0.1),
+        grid("sparse_vd", "kl_weight", 1.0),
+        grid("l0", "lam", 1.0),
+        grid("l0", "lam", 4.0),
+        grid("l0", "lam", 8.0),  # never ran: the analysis must name it
+    ]
+
+
+def point(target: float, val: float, test: float, nonzeros: float | None = None) -> dict:
+    kept = round((1 - target) * WEIGHTS) if nonzeros is None else nonzeros
+    return {
+        "threshold": target,
+        "nonzeros": kept,
+        "compression": WEIGHTS / kept,
+        "val_metric": val,
+        "test_metric": test,
+    }
+
+
+def folder(tmp_path: Path, mag: dict, svd_high: list[float], l0_tests: dict) -> Path:
+    """Three seeds; ``mag`` = magnitude's tests per target, Sparse VD's grid at 99.5 % gives ``svd_high``."""
+    cells = []
+    for method, tests in (("magnitude", mag), ("random", {0.9: [2.0, 2.1, 2.2], 0.995: [20.0, 22.0]})):
+        for target, values in tests.items():
+            cells += [FakeCell(f"{method}-{target}", s, v, 1 / (1 - target)) for s, v in enumerate(values)]
+    grid_rows = ["sparse_vd-kl_weight0.1", "sparse_vd-kl_weight1.0", "l0-lam1.0", "l0-lam4.0"]
+    cells += [FakeCell(name, s, 9.9, 200.0) for name in grid_rows for s in range(3)]
+    out = write_records_folder(tmp_path / "ms", rows(), cells, analyses=["matched_sparsity"])
+    curves = {}
+    for s in range(3):
+        # At 90 % validation prefers kl 1 for seeds 0 and 1 (whose test error is the higher one), kl 0.1
+        # for seed 2: the choice must follow validation, not test.
+        curves[("sparse_vd-kl_weight0.1", s)] = [point(0.9, 2.0 - (s == 2), 1.5), point(0.995, 9.0, 9.0)]
+        curves[("sparse_vd-kl_weight1.0", s)] = [
+            point(0.9, 1.8, 1.8 + s / 100),
+            point(0.995, 2.0, svd_high[s]),
+        ]
+        l0_low, l0_high = l0_tests[0.9][s], l0_tests[0.995][s]
+        curves[("l0-lam1.0", s)] = [
+            point(0.9, 1.0, l0_low, 20_000 if s == 1 else None),
+            point(0.995, 5.0, 50.0),
+        ]
+        curves[("l0-lam4.0", s)] = [point(0.995, 1.0, l0_high)] + (
+            [] if s else [point(0.9, 0.5, 0.1, 30_000)]
+        )
+    for (row, seed), points in curves.items():
+        path = record_path(out, Cell(row, seed))
+        data = json.loads(path.read_text())
+        data.update(curve_axis="sparsity", threshold_curve=[{"axis": "sparsity", **p} for p in points])
+        path.write_text(json.dumps(data))
+    return out
+
+
+PUBLISHED_CASE = {
+    "mag": {0.9: [1.50, 1.52, 1.54], 0.995: [3.0, 3.1, 3.2]},
+    "svd_high": [2.0, 2.1, 2.2],
+    "l0_tests": {0.9: [1.6, 2.6, 1.7], 0.995: [2.5, 5.0, 3.0]},
+}
+OPPOSITE_CASE = {
+    "mag": {0.9: [2.50, 2.52, 2.54], 0.995: [1.0, 1.15, 1.2]},
+    "svd_high": [2.0, 2.1, 2.2],
+    "l0_tests": {0.9: [1.9, 1.9, 1.9], 0.995: [1.5, 1.5, 1.5]},
+}
+
+
+def test_choice_is_on_validation_and_the_table_numbers_are_the_hand_computed_ones(tmp_path: Path) -> None:
+    records = load_records(folder(tmp_path, **PUBLISHED_CASE))
+    points = matched_points(records)
+    svd = points.chosen[(points.chosen.method == "sparse_vd") & (points.chosen.target == 0.9)]
+    assert svd.row.tolist() == ["sparse_vd-kl_weight1.0"] * 2 + ["sparse_vd-kl_weight0.1"]
+    assert svd.test.tolist() == pytest.approx([1.80, 1.81, 1.5]) and set(svd.candidates) == {2}
+    out = section(records, tmp_path / "report")
+    table = out.tables[0]
+    assert table.name == "matched_sparsity"
+    numbers = table.numbers.set_index(["target", "method"])
+    mag = numbers.loc[(0.9, "magnitude")]
+    half = T_CRIT * 0.02 / math.sqrt(3)
+    assert mag.test_mean == pytest.approx(1.52) and mag.n == 3
+    assert (mag.test_ci_low, mag.test_ci_high) == pytest.approx((1.52 - half, 1.52 + half))
+    random_high = numbers.loc[(0.995, "random")]  # seed 2 never ran: two seeds, t with one degree of freedom
+    half2 = stats.t.ppf(0.975, df=1) * math.sqrt(2.0) / math.sqrt(2)
+    assert random_high.n == 2 and random_high.test_ci_high == pytest.approx(21.0 + half2)
+    # L0 at 90 %: seed 0 picks lam 4 (val 0.5, 30,000 kept: short of the target, so it does not count)
+    l0 = points.chosen[(points.chosen.method == "l0") & (points.chosen.target == 0.9)]
+    assert l0.row.tolist() == ["l0-lam1.0"] * 3 and l0.test.tolist() == pytest.approx([1.6, 2.6, 1.7])
+    assert numbers.loc[(0.9, "l0")].sparsity_max == pytest.approx(1 - 20_000 / WEIGHTS)
+    shown = table.display.set_index(["target", "method"])
+    assert shown.loc[("90 % (10.0x)", "magnitude"), "test error %"] == f"1.52 ± {half:.2f}"
+    assert shown.loc[("90 % (10.0x)", "l0"), "sparsity (exported)"] == "90.83 % (90.00–92.49)"
+    assert (
+        shown.loc[("90 % (10.0x)", "sparse_vd"), "chosen"]
+        == "kl_weight=1.0 (seeds 0, 1); kl_weight=0.1 (seed 2)"
+    )
+    gaps = " ".join(points.gaps)
+    assert "l0-lam8.0: no records yet" in gaps and "random-0.995: no records for seed 2" in gaps
+    assert "l0-lam4.0 seed 1 at 90 %: no threshold-curve point" in gaps
+    assert "l0-lam4.0 seed 0 at 90 %: the exported model reached only 88.73 %" in gaps
+
+
+def test_the_figure_is_written(tmp_path: Path) -> None:
+    records = load_records(folder(tmp_path, **PUBLISHED_CASE))
+    (tmp_path / "report" / "figures").mkdir(parents=True)
+    out = section(records, tmp_path / "report")
+    assert [f.name for f in out.files] == ["matched_sparsity.png"]
+    assert out.files[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert any(b.kind == "figure" and b.text == "figures/matched_sparsity.png" for b in out.blocks)
+
+
+def verdicts(case: dict, tmp_path: Path) -> list[str]:
+    chosen = matched_points(load_records(folder(tmp_path, **case))).chosen
+    return [line for line in findings(chosen) if line.startswith("  - lenet300_100")]
+
+
+def test_the_findings_agree_when_magnitude_wins_at_90_and_sparse_vd_at_99_5(tmp_path: Path) -> None:
+    moderate, highest, reliable = verdicts(PUBLISHED_CASE, tmp_path)
+    assert moderate.startswith("  - lenet300_100: agrees: best at 90 % (1.52 % vs ")
+    assert highest.startswith("  - lenet300_100: agrees: best at 99.5 % (2.10 % vs 3.10 %)")
+    assert reliable.startswith("  - lenet300_100: agrees:") and "l0 " in reliable
+
+
+def test_the_findings_disagree_when_the_records_say_otherwise(tmp_path: Path) -> None:
+    moderate, highest, reliable = verdicts(OPPOSITE_CASE, tmp_path)
+    # magnitude 2.52 against Sparse VD's 1.80/1.81/1.50 at 90 %, the same seeds: a paired test says worse
+    assert moderate.startswith("  - lenet300_100: disagrees: worse than ")
+    assert highest.startswith(
+        "  - lenet300_100: disagrees: worse than magnitude at 99.5 % (2.10 % vs magnitude 1.12 %"
+    )
+    assert reliable.startswith("  - lenet300_100: disagrees:") and "l0 0.0 %" in reliable
+
+
+def test_no_records_at_all_gives_a_note_naming_the_missing_rows(tmp_path: Path) -> None:
+    only = [r for r in rows() if r["name"] == "magnitude-0.9"]
+    other = {"name": "dense", "task": "lenet300_100", "method": "dense"}
+    out_folder = write_records_folder(
+        tmp_path / "x", [*only, other], [FakeCell("dense", 0, 1.6)], ["matched_sparsity"]
+    )
+    out = section(load_records(out_folder), tmp_path / "report")
+    assert out.tables == [] and out.files == []
+    assert (
+        "No matched-sparsity point" in out.blocks[-1].text
+        and "magnitude-0.9: no records yet" in out.blocks[-1].text
+    )
+
+
+def test_the_report_from_records_carries_the_section(tmp_path: Path) -> None:
+    records = folder(tmp_path, **PUBLISHED_CASE)
+    out = tmp_path / "report"
+    make_report(ReportRequest(Selection(), "ms", out, "", records=records, log_to_mlflow=False))
+    text = (out / "report.md").read_text()
+    assert "## Matched sparsity" in text and "Published findings" in text
+    csv = pd.read_csv(out / "tables" / "matched_sparsity.csv")
+    assert set(csv.method) == {"magnitude", "random", "sparse_vd", "l0"}
+    assert (out / "figures" / "matched_sparsity.png").is_file()
