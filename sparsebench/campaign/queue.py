@@ -26,7 +26,7 @@ from sparsebench.campaign.cells import Cell, cells_of, is_done, parent_ready
 from sparsebench.campaign.spec import CampaignSpec, Row
 from sparsebench.errors import ConfigError
 from sparsebench.sweep.storage import is_rdb, open_storage, quiet
-from sparsebench.sweep.study import reclaim_orphans
+from sparsebench.sweep.study import reclaim_orphans, worker_id
 from sparsebench.tracking import DEFAULT_STORE, mask_uri
 
 DEFAULT_STORAGE = DEFAULT_STORE / "optuna-campaigns.db"
@@ -169,6 +169,30 @@ def reclaim(study: optuna.Study, spec: CampaignSpec, url: str) -> None:
     if is_rdb(url):
         with quiet():
             optuna.storages.fail_stale_trials(study)
+
+
+def claim(url: str, trial: optuna.Trial) -> bool:
+    """Whether this worker is the one that trains ``trial``; False when another worker already is.
+
+    optuna pops a waiting trial with SELECT ... FOR UPDATE, which SQLite ignores: two workers
+    starting at the same moment can both be handed one trial, both train its cell, and the second
+    ``tell`` fails ("Cannot tell a COMPLETE trial"). On SQLite the claim is a row of a table of our
+    own in the same database file, inserted once (its primary key is the trial's id), so it lives and
+    dies with the queue; PostgreSQL's row lock already hands each trial to one worker.
+    """
+    if not url.startswith("sqlite:///"):
+        return True
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(url.removeprefix("sqlite:///"), timeout=60)) as db, db:
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS sparsebench_claims (trial_id INTEGER PRIMARY KEY, worker TEXT)"
+        )
+        try:
+            db.execute("INSERT INTO sparsebench_claims VALUES (?, ?)", (trial._trial_id, worker_id()))
+        except sqlite3.IntegrityError:
+            return False
+    return True
 
 
 def waiting_cells(study: optuna.Study) -> list[Cell]:

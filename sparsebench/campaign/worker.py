@@ -84,8 +84,7 @@ def run_worker(spec: CampaignSpec, rows: tuple[Row, ...], options: WorkerOptions
         queue.sync(study, spec, rows, options.since)
         waiting = [c for c in queue.waiting_cells(study) if c.row in objective.rows]
         if waiting and not set(waiting) <= deferred:
-            with quiet_trials():
-                study.optimize(objective, n_trials=1, catch=(SparsebenchError, CellSkipped))
+            take_one(study, objective)
             continue
         if waiting:
             say(options, f"left in the queue, needing parent models from other machines: {keys(waiting)}")
@@ -95,6 +94,16 @@ def run_worker(spec: CampaignSpec, rows: tuple[Row, ...], options: WorkerOptions
             break
         time.sleep(options.poll)
     return summary
+
+
+def take_one(study: optuna.Study, objective: CellObjective) -> None:
+    """Run one queued trial; a trial that the worker which claimed it has finished is let be."""
+    try:
+        with quiet_trials():
+            study.optimize(objective, n_trials=1, catch=(SparsebenchError, CellSkipped))
+    except ValueError as exc:  # optuna's "Cannot tell a COMPLETE trial": see queue.claim
+        if not str(exc).startswith("Cannot tell a"):
+            raise
 
 
 def blocked_cells(study: optuna.Study, spec: CampaignSpec, rows: tuple[Row, ...]) -> list[Cell]:
@@ -131,6 +140,8 @@ class CellObjective:
         """The rows this worker runs (``--rows``); queued cells of others go back to the queue."""
 
     def __call__(self, trial: optuna.Trial) -> float:
+        if not queue.claim(self.options.storage, trial):
+            self._wait_for_owner(trial)
         trial.set_user_attr("worker", worker_id())
         trial.set_user_attr("host", queue.host())
         cell = queue.cell_of(trial)  # type: ignore[arg-type]
@@ -155,6 +166,17 @@ class CellObjective:
         except Exception as exc:  # a bug: recorded as the cell's failure, then the worker stops
             trial.set_user_attr("failure", f"{type(exc).__name__}: {exc}"[:500])
             raise
+
+    def _wait_for_owner(self, trial: optuna.Trial) -> None:
+        """The storage handed this very trial to another worker first: wait until it has finished it
+        (or died, when ``reclaim`` fails the trial), then give the trial back without touching it."""
+        say(self.options, f"trial {trial.number} went to another worker too; it trains the cell")
+        while True:
+            queue.reclaim(trial.study, self.spec, self.options.storage)
+            now = trial.study.get_trials(deepcopy=False)
+            if next(t for t in now if t.number == trial.number).state.is_finished():
+                raise CellSkipped(f"trial {trial.number} was finished by the worker that claimed it")
+            time.sleep(self.options.poll)
 
     def _refuse_duplicate(self, trial: optuna.Trial, cell: Cell) -> None:
         """Two commands may enqueue one cell at the same moment: the lower trial number trains it."""

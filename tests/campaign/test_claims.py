@@ -1,0 +1,67 @@
+"""One trial handed to two workers (SQLite ignores optuna's row lock) is trained by one of them only."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import optuna
+import pytest
+
+from sparsebench.campaign import queue
+from sparsebench.campaign.spec import load_campaign
+from sparsebench.campaign.worker import CellObjective, CellSkipped, WorkerOptions, WorkerSummary, take_one
+from tests.campaign import write_campaign
+
+
+@pytest.fixture()
+def handed_twice(tmp_path: Path) -> tuple[str, optuna.Study, optuna.Trial, optuna.Trial]:
+    """A trial popped by one worker and, as SQLite allows, the same trial held by a second."""
+    url = f"sqlite:///{tmp_path / 'queue.db'}"
+    study = optuna.create_study(storage=url, study_name="c")
+    queue.enqueue(study, queue.Cell("dense", 0))
+    first = study.ask()
+    return url, study, first, optuna.Trial(study, first._trial_id)
+
+
+def test_only_the_first_claim_of_a_trial_wins(handed_twice) -> None:  # noqa: ANN001
+    url, _, first, second = handed_twice
+    assert queue.claim(url, first) is True
+    assert queue.claim(url, second) is False
+    assert queue.claim("postgresql://u:p@host/db", second) is True  # the row lock holds there
+
+
+def test_the_second_holder_waits_for_the_first_then_lets_the_trial_be(tmp_path: Path, handed_twice) -> None:  # noqa: ANN001
+    url, study, first, second = handed_twice
+    spec = load_campaign(write_campaign(tmp_path))
+    options = WorkerOptions(storage=url, tracking_uri="unused", poll=0.05, progress=False)
+    objective = CellObjective(spec, options, WorkerSummary(), set(), {"dense"})
+    assert queue.claim(url, first)
+    outcome: list[BaseException] = []
+
+    def second_worker() -> None:
+        try:
+            objective(second)
+        except BaseException as exc:  # noqa: BLE001 - what the waiting worker ends with
+            outcome.append(exc)
+
+    waiting = threading.Thread(target=second_worker)
+    waiting.start()
+    waiting.join(0.5)
+    assert waiting.is_alive() and not outcome  # still waiting while the first trains
+    study.tell(first, 1.75)
+    waiting.join(10)
+    assert not waiting.is_alive() and isinstance(outcome[0], CellSkipped)
+    assert "worker" not in study.trials[0].user_attrs  # the waiting worker never marked it as its own
+
+
+def test_a_worker_whose_trial_was_finished_elsewhere_goes_on(tmp_path: Path) -> None:
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'q.db'}", study_name="c")
+    study.enqueue_trial({})
+
+    def finished_by_another(trial: optuna.Trial) -> float:
+        trial.study.tell(trial.number, 1.0)  # what the claiming worker did meanwhile
+        raise CellSkipped("finished by the worker that claimed it")
+
+    take_one(study, finished_by_another)  # type: ignore[arg-type]  # no "Cannot tell a COMPLETE trial"
+    assert study.trials[0].state == optuna.trial.TrialState.COMPLETE
