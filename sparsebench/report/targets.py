@@ -116,7 +116,10 @@ def verdict_text(verdict: Verdict) -> str:
     gaps = []
     for key, gap in verdict.gaps.items():
         if key == "test":
-            gaps.append(f"{gap:+.2f} points error")
+            # a gap that rounds to 0.00 at two decimals still decides met / not met: show it
+            gaps.append(
+                f"{gap:+.2f} points error" if abs(gap) >= 0.005 or gap == 0 else f"{gap:+.3f} points error"
+            )
             continue
         if math.isnan(gap):
             gaps.append(f"{KINDS[key]} compression not recorded")

@@ -190,3 +190,11 @@ def test_the_mnist_campaign_declares_the_issue_s_targets() -> None:
         t = targets[name]
         assert (t.error, t.compression, t.compression_structured, t.compression_precision) == numbers
         assert t.note, f"{name}: say what was tried"
+
+
+def test_a_gap_too_small_for_two_decimals_is_shown_with_three() -> None:
+    """1.87, 2.05 and 1.85 % against a 1.92 % target: mean 1.923 %, not met by 0.003 points."""
+    from sparsebench.report.targets import Verdict
+
+    verdict = Verdict(row="r", target={"error": 1.92}, seeds=3, means={"test": 1.9233}, gaps={"test": 0.0033})
+    assert verdict_text(verdict) == "not met: +0.003 points error"
