@@ -81,10 +81,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    import torch
 
     from sparsebench.errors import ConfigError
-    from sparsebench.run.plan import resolve_device
+    from sparsebench.run.plan import configure_cpu, resolve_device
 
     runs = [*args.run_ids, *args.runs]
     modes = [bool(runs), args.break_even, args.train]
@@ -94,8 +93,7 @@ def handle(args: argparse.Namespace) -> int:
         )
     if args.threads < 0:
         raise ConfigError(f"--threads must be 1 or more (0: torch's default), got {args.threads}")
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    configure_cpu(args.threads)
     device = resolve_device(args.device)
     if args.train:
         return _train(args, device)

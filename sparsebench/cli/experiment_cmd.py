@@ -99,12 +99,11 @@ def config_from(args: argparse.Namespace) -> Any:
 def handle_gradient_variance(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import torch
-
     from sparsebench.data.paths import data_root
     from sparsebench.errors import ConfigError
     from sparsebench.experiments import gradient_variance_record as gvr
     from sparsebench.experiments.gradient_variance import run
+    from sparsebench.run.plan import configure_cpu
 
     cfg = config_from(args)
     threads = _number("threads", args.threads, int)
@@ -113,8 +112,7 @@ def handle_gradient_variance(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if (out / gvr.RECORD_NAME).exists() and not args.overwrite:
         raise ConfigError(f"{out / gvr.RECORD_NAME} exists; pass --overwrite to replace it or choose --out")
-    if threads:
-        torch.set_num_threads(threads)
+    configure_cpu(threads)
 
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)

@@ -103,6 +103,20 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def configure_cpu(threads: int) -> None:
+    """Set torch's CPU threads (0 keeps torch's default) and flush denormal floats to zero.
+
+    Why the flush: a masked weight gets a zero gradient, so Adam's moments for it decay
+    geometrically (0.9 and 0.999 per step) through the denormal range, where x86 arithmetic is
+    about 10x slower. Over a 200-epoch LeNet-300-100 run most of a pruned model's moments sit
+    there for thousands of steps: fused Adam on 266k parameters took 6.8 ms a step instead of
+    0.65 ms. Values below 1.2e-38 change no update that matters (Adam's step for them is ~1e-30).
+    """
+    if threads > 0:
+        torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)
+
+
 def check_fits_data(cfg: TrainConfig, steps_per_epoch: int, num_train: int) -> None:
     """A batch larger than the training split would give epochs of zero steps: refuse it up front."""
     if steps_per_epoch < 1:

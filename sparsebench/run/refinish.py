@@ -18,7 +18,7 @@ from sparsebench.record import RECORD_NAME, RunRecord
 from sparsebench.run import checkpoint
 from sparsebench.run.finish import RecordSource, finish, user_tags
 from sparsebench.run.loop import place_model
-from sparsebench.run.plan import RunRequest, RunResult, plan_run, resolve_device
+from sparsebench.run.plan import RunRequest, RunResult, configure_cpu, plan_run, resolve_device
 from sparsebench.run.train import log_dataset
 from sparsebench.tracking import ArtifactReader, Tracker, environment, open_store, resolve_run_id, run_tags
 
@@ -44,8 +44,7 @@ def refinish(request: RunRequest, source: str) -> RunResult:
             f"finish its training first: sparsebench run --resume {source}"
         )
     device = resolve_device(request.device)
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
+    configure_cpu(cfg.threads)
     splits = task.load_data(data_root(request.data_dir), device, cfg.val_size)
     torch.manual_seed(cfg.seed)
     model = place_model(method.convert(task.build_model()), device)

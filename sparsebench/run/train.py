@@ -30,7 +30,15 @@ from sparsebench.run.loop import (
     start_training,
     train_epoch,
 )
-from sparsebench.run.plan import Plan, RunRequest, RunResult, check_fits_data, plan_run, resolve_device
+from sparsebench.run.plan import (
+    Plan,
+    RunRequest,
+    RunResult,
+    check_fits_data,
+    configure_cpu,
+    plan_run,
+    resolve_device,
+)
 from sparsebench.task import Splits
 from sparsebench.tracking import (
     Tracker,
@@ -222,8 +230,7 @@ def open_session(request: RunRequest, root: Path) -> Session:
         plan = plan_run(request.task, request.method, request.overrides)
     task, method, cfg = plan.task, plan.method, plan.train
     device = resolve_device(request.device)
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
+    configure_cpu(cfg.threads)
     splits = task.load_data(data_root(request.data_dir), device, cfg.val_size)
     torch.manual_seed(cfg.seed)
     model = task.build_model()
