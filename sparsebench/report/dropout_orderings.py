@@ -175,6 +175,11 @@ def widths_text(widths: Iterable[int]) -> str:
     return ", ".join(str(w) for w in widths) or "no width"
 
 
+def at_widths(widths: list[int]) -> str:
+    """``widths 100, 250`` or ``no width``: the object of "holds at ..."."""
+    return f"widths {widths_text(widths)}" if widths else "no width"
+
+
 def where(verdicts: dict[int, str]) -> str:
     """``holds at 100, 250; reversed at 500`` from width -> verdict (empty verdicts left out)."""
     parts = []
@@ -318,7 +323,7 @@ def chain_text(frame: pd.DataFrame) -> str:
             paper.append(int(width))
     repl = [w for w in REPLICATION["none"] if all(replication_verdicts(o)[w] == HOLDS for o in CHAIN)]
     return (
-        "The whole chain variational A ≤ Gaussian A ≤ binary ≤ no dropout holds, by our means, at widths "
-        f"{widths_text(ours)}; in the paper's figure at {widths_text(paper)}; in the replication's at "
-        f"{widths_text(repl)}."
+        "The whole chain variational A ≤ Gaussian A ≤ binary ≤ no dropout holds, by our means, at "
+        f"{at_widths(ours)}; in the paper's figure at {at_widths(paper)}; in the replication's at "
+        f"{at_widths(repl)}."
     )

@@ -154,6 +154,12 @@ def test_a2_against_a_is_compared_with_the_paper_and_the_replication(drawn) -> N
     assert "over the last 2 of 4 epochs the direction of the means held at 100, 500." in paragraph
 
 
+def test_the_whole_chain_is_named_where_every_link_holds_and_no_width_reads_as_such(drawn) -> None:  # noqa: ANN001
+    text = markdown(drawn.blocks)
+    # width 500: means 1.05 <= 1.10 <= 1.175 <= 1.25; width 100 breaks at Gaussian A vs binary
+    assert "holds, by our means, at widths 500; in the paper's figure at no width;" in text
+
+
 def test_rows_without_records_or_with_fewer_seeds_are_named(drawn) -> None:  # noqa: ANN001
     note = drawn.blocks[-1].text
     assert "Rows without records yet (1 of 12): w500-variational_B." in note
