@@ -5,9 +5,12 @@ run), so finished runs delete theirs unless ``--keep-checkpoint`` was given. Wha
 (kept ones, failed runs, runs deleted from the store, runs paused long ago) is collected here.
 
 What may go is decided from the tracking store, never guessed from the files: a run that is
-FINISHED or FAILED, or that the store no longer has, loses its folder; a KILLED run (paused or
-interrupted, resumable) only with ``older_than_days``; a RUNNING run never, and neither does a
-run whose lock another process holds. The lock is held while its folder is deleted, so a
+FINISHED or FAILED, or that was deleted from the store, loses its folder; a KILLED run (paused or
+interrupted, resumable) only with ``older_than_days``, and so does a folder whose run the store
+never had: the checkpoint root can be shared by several stores (``$SPARSEBENCH_CHECKPOINTS``, or
+the fallback folder of remote stores), and another store's resumable run must not be lost to a gc
+pointed at this one. A RUNNING run never goes, and neither does a run whose lock another process
+holds. The lock is held while its folder is deleted, so a
 ``--resume`` starting at that moment is refused instead of reading a half-deleted checkpoint.
 """
 
@@ -23,14 +26,18 @@ from typing import TYPE_CHECKING, Any
 
 from sparsebench.errors import ConfigError
 from sparsebench.run import checkpoint
+from sparsebench.tracking.reader import DELETED
 
 if TYPE_CHECKING:
     from sparsebench.tracking import Store
 
 ABSENT = "ABSENT"
-"""The status of a run the store does not have (deleted, or its store was replaced)."""
-DONE = ("FINISHED", "FAILED", ABSENT)
-RESUMABLE = "KILLED"
+"""The status of a run the store never had (another store's, or its store was replaced)."""
+DONE = ("FINISHED", "FAILED", DELETED)
+KEPT_UNTIL_OLD = {
+    "KILLED": "paused or interrupted, resumable",
+    ABSENT: "not a run of this tracking store (another store's, or the store was replaced)",
+}
 DAY_S = 86400.0
 
 
@@ -118,24 +125,21 @@ def collect(
 
 
 def run_statuses(store: Store) -> dict[str, str]:
-    """Run id -> MLflow status of every run the store shows (runs deleted from it are absent)."""
-    from sparsebench.tracking import runs_frame
+    """Run id -> MLflow status of every run the store has; ``DELETED`` for runs deleted from it."""
+    from sparsebench.tracking import run_states
 
-    frame = runs_frame(store, None)
-    if frame.empty or "run_id" not in frame:
-        return {}
-    return dict(zip(frame["run_id"], frame["status"], strict=True))
+    return run_states(store)
 
 
 def _verdict(folder: Folder, older_than_days: float | None) -> str:
     """Why the folder must stay, or "" when it may go."""
     if folder.status in DONE:
         return ""
-    if folder.status == RESUMABLE:
+    if (why := KEPT_UNTIL_OLD.get(folder.status)) is not None:
         if older_than_days is None:
-            return "paused or interrupted, resumable (--older-than DAYS removes such runs older than that)"
+            return f"{why} (--older-than DAYS removes such folders older than that)"
         if folder.age_days < older_than_days:
-            return f"paused or interrupted, resumable, {folder.age_days:.1f} days old (< {older_than_days:g})"
+            return f"{why}, {folder.age_days:.1f} days old (< {older_than_days:g})"
         return ""
     return f"{folder.status} in the tracking store"
 

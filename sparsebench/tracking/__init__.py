@@ -21,6 +21,7 @@ from sparsebench.tracking.reader import (
     load_exported_file,
     metric_history,
     resolve_run_id,
+    run_states,
     run_tags,
     runs_frame,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "resolve_run_id",
     "resolve_uri",
     "run_tags",
+    "run_states",
     "runs_frame",
     "source_commit",
 ]

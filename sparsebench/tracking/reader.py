@@ -97,6 +97,35 @@ def runs_frame(store: Store, ids: list[str] | None, filter_string: str = "") -> 
     return frame
 
 
+DELETED = "DELETED"
+"""The state ``run_states`` gives a run deleted from the store, or one in a deleted experiment."""
+
+
+def run_states(store: Store) -> dict[str, str]:
+    """Run id -> MLflow status of every run the store has, deleted ones included as ``DELETED``.
+
+    ``gc`` needs to tell a run this store deleted (its checkpoint may go) from a run the store never
+    had (another store's, whose checkpoint must stay), so this reads deleted experiments and runs too.
+    """
+    from mlflow.entities import ViewType
+
+    client = store.client
+    experiments = client.search_experiments(view_type=ViewType.ALL)
+    deleted_experiments = {e.experiment_id for e in experiments if e.lifecycle_stage == "deleted"}
+    states: dict[str, str] = {}
+    ids, token = [e.experiment_id for e in experiments], None
+    while ids:
+        page = client.search_runs(ids, run_view_type=ViewType.ALL, max_results=SEARCH_PAGE, page_token=token)
+        for run in page:
+            info = run.info
+            gone = info.lifecycle_stage == "deleted" or info.experiment_id in deleted_experiments
+            states[info.run_id] = DELETED if gone else info.status
+        token = page.token
+        if not token:
+            break
+    return states
+
+
 def _row(run: Any) -> dict[str, Any]:
     info, data = run.info, run.data
     row: dict[str, Any] = {

@@ -1,4 +1,5 @@
-"""``sparsebench gc``: checkpoints of finished, failed and deleted runs go; resumable and running stay."""
+"""``sparsebench gc``: checkpoints of finished, failed and deleted runs go; resumable, running and
+other stores' runs stay."""
 
 from __future__ import annotations
 
@@ -53,31 +54,37 @@ def gc(run_cli: Callable[..., CliResult], store: Store, *flags: object) -> CliRe
     return run_cli("gc", "--tracking-uri", store.uri, *flags)
 
 
-def test_done_and_absent_runs_go_resumable_and_running_stay(
+def test_done_and_deleted_runs_go_resumable_running_and_unknown_ones_stay(
     store: Store, run_cli: Callable[..., CliResult]
 ) -> None:
     finished, failed = store.run("FINISHED", 3000), store.run("FAILED", 2000)
-    absent = store.folder("0123456789abcdef0123456789abcdef", 500)  # its run was deleted from the store
+    deleted = store.run("KILLED", 500)
+    store.client.delete_run(deleted)  # deleted from this store: nobody can resume it any more
+    other = store.folder("0123456789abcdef0123456789abcdef", 700, days_old=90)  # never this store's
     killed, running = store.run("KILLED", days_old=90), store.run("RUNNING")
     (store.root / "not-a-run").mkdir()  # anything not named by a run id is not ours to judge
     result = gc(run_cli, store)
     assert result.code == 0, result.err
-    for run_id in (finished, failed, absent):
+    for run_id in (finished, failed, deleted):
         assert not store.exists(run_id)
         assert f"removed {run_id} (" in result.out
     assert store.exists(killed) and store.exists(running) and (store.root / "not-a-run").exists()
+    assert store.exists(other)  # a shared checkpoint root: another store's resumable run is not lost
     assert f"kept {killed} (KILLED" in result.out and "resumable" in result.out
     assert f"kept {running} (RUNNING" in result.out
-    assert "freed 5.4 KiB (3 of 5 checkpoint folders" in result.out.splitlines()[-1]
+    assert f"kept {other} (ABSENT" in result.out and "not a run of this tracking store" in result.out
+    assert "freed 5.4 KiB (3 of 6 checkpoint folders" in result.out.splitlines()[-1]
 
 
 def test_older_than_also_removes_old_resumable_runs(store: Store, run_cli: Callable[..., CliResult]) -> None:
     old, recent = store.run("KILLED", days_old=40), store.run("KILLED", days_old=2)
     running = store.run("RUNNING", days_old=400)
+    unknown_old = store.folder("0123456789abcdef0123456789abcdef", days_old=40)
+    unknown_recent = store.folder("fedcba9876543210fedcba9876543210", days_old=2)
     result = gc(run_cli, store, "--older-than", "30")
     assert result.code == 0, result.err
-    assert not store.exists(old)
-    assert store.exists(recent) and store.exists(running)
+    assert not store.exists(old) and not store.exists(unknown_old)
+    assert store.exists(recent) and store.exists(running) and store.exists(unknown_recent)
 
 
 def test_dry_run_deletes_nothing_and_json_is_the_only_output(
