@@ -140,9 +140,9 @@ def readme_problems(root: Path) -> list[str]:
 
 
 def link_problems(root: Path) -> list[str]:
-    """Relative links and images of README.md and docs/*.md lead to files that exist."""
+    """Relative links and images of README.md and every page under docs/ lead to files that exist."""
     problems = []
-    for page in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+    for page in [root / "README.md", *sorted((root / "docs").rglob("*.md"))]:
         for target in LINK.findall(page.read_text()):
             path = target.split("#", 1)[0]
             if path and not re.match(r"^[a-z][a-z0-9+.-]*:", path) and not (page.parent / path).exists():
@@ -175,6 +175,15 @@ def test_readme_cites_only_committed_runs_and_shows_a_picture_made_from_them() -
 
 def test_links_of_readme_and_docs_lead_somewhere() -> None:
     assert not link_problems(ROOT), "\n".join(link_problems(ROOT))
+
+
+def test_a_dead_link_in_a_nested_docs_page_is_found(tmp_path: Path) -> None:
+    (tmp_path / "docs" / "history-reports").mkdir(parents=True)
+    (tmp_path / "README.md").write_text("[docs](docs/history-reports/old.md)\n")
+    (tmp_path / "docs" / "history-reports" / "old.md").write_text("[gone](../../reports/old/report.md)\n")
+    assert link_problems(tmp_path) == [
+        "docs/history-reports/old.md links ../../reports/old/report.md, which does not exist"
+    ]
 
 
 def test_the_checks_fail_on_the_old_layout(tmp_path: Path) -> None:
