@@ -15,8 +15,9 @@ from optuna.trial import TrialState
 from sparsebench.campaign import queue
 from sparsebench.campaign.cells import Cell, is_done, parent_cell, parent_ready
 from sparsebench.campaign.spec import CampaignSpec, Row
+from sparsebench.sweep.study import orphaned
 
-STATES = ("done", "running", "queued", "elsewhere", "failed", "missing")
+STATES = ("done", "running", "abandoned", "queued", "elsewhere", "failed", "missing")
 BAR_WIDTH = 24
 
 
@@ -40,6 +41,9 @@ def cell_state(spec: CampaignSpec, cell: Cell, trials: list[Any]) -> tuple[str, 
     if is_done(spec.results, cell):
         return "done", ""
     states = {t.state for t in trials}
+    running = [t for t in trials if t.state == TrialState.RUNNING]
+    if running and all(orphaned(t) for t in running):
+        return "abandoned", ""  # its worker here was killed; the next `campaign run` re-queues it
     if TrialState.RUNNING in states:
         return "running", ""
     if TrialState.WAITING in states:
@@ -103,7 +107,7 @@ def render(report: dict[str, Any]) -> str:
         cells = row["cells"]
         parts = [f"{len(cells['done'])}/{len(row['seeds'])} done"]
         parts += [f"{len(cells[s])} {s}" for s in STATES[1:] if cells[s]]
-        missing = cells["missing"] + cells["failed"]
+        missing = cells["missing"] + cells["failed"] + cells["abandoned"]
         if missing:
             parts.append("seeds left: " + ",".join(str(s) for s in sorted(missing)))
         lines.append(f"{row['row']:<{width}}  {row_bar(row)}  {', '.join(parts)}")
@@ -120,6 +124,11 @@ def render(report: dict[str, Any]) -> str:
             lines.append(f"  {row['row']} seed {seed} failed: {reason}")
         for seed, parent in sorted(row["waiting_for"].items()):
             lines.append(f"  {row['row']} seed {seed} waits for {parent}")
+    if totals["abandoned"]:
+        lines.append(
+            "  'abandoned': its worker on this machine was killed mid-cell; the next `campaign run` "
+            "re-queues it"
+        )
     if totals["elsewhere"]:
         lines.append(
             "  'elsewhere': finished on another machine; commit its records there and pull them here"

@@ -134,10 +134,8 @@ def reclaim_orphans(study: optuna.Study, spec: SweepSpec) -> None:
     RUNNING forever. The trial's ``worker`` attribute names its host and process; only trials of
     this host are judged, and optuna's retry callback re-queues them as a heartbeat would.
     """
-    host = socket.gethostname()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        owner_host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
-        if owner_host != host or not pid.isdigit() or _process_alive(int(pid)):
+        if not orphaned(trial):
             continue
         try:
             study.tell(trial.number, state=TrialState.FAIL)
@@ -148,6 +146,16 @@ def reclaim_orphans(study: optuna.Study, spec: SweepSpec) -> None:
             file=sys.stderr,
         )
         retry_callback(spec.heartbeat.max_retry)(study, _frozen(study, trial.number))
+
+
+def orphaned(trial: FrozenTrial) -> bool:
+    """Whether a RUNNING trial's worker was a process of this machine that no longer exists.
+
+    Only this host's workers can be judged by process id; another machine's count as alive (their
+    heartbeat, where the storage has one, is optuna's to judge).
+    """
+    owner_host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
+    return owner_host == socket.gethostname() and pid.isdigit() and not _process_alive(int(pid))
 
 
 def _frozen(study: optuna.Study, number: int) -> FrozenTrial:

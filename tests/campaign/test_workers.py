@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -102,6 +104,26 @@ def test_a_killed_worker_s_cell_is_retried_by_the_next_command(
     trials = study(spec).trials
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
     assert trials[1].system_attrs["failed_trial"] == 0 and trials[1].user_attrs["cell"] == "slow-seed0"
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_status_calls_a_cell_whose_local_worker_died_abandoned_not_running(
+    here: Path,
+    run_cli,  # noqa: ANN001
+) -> None:
+    spec = write_campaign(here, seeds=[0, 1], rows=[dense_row()])
+    loaded = load_campaign(spec)
+    queued = queue.open_queue(loaded, queue.storage_url(loaded))
+    queue.enqueue(queued, Cell("a", 0))
+    queue.enqueue(queued, Cell("a", 1))
+    gone = subprocess.Popen(["true"])  # a process of this machine that has exited: a killed worker
+    gone.wait()
+    queued.ask().set_user_attr("worker", f"{socket.gethostname()}:{gone.pid}")
+    queued.ask().set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # alive: this test
+    status = run_cli("campaign", "status", spec.name)
+    assert status.code == 0, status.err
+    assert "0/2 done, 1 running, 1 abandoned, seeds left: 0" in status.out
+    assert "'abandoned': its worker on this machine was killed mid-cell" in status.out
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
