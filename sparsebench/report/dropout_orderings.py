@@ -260,8 +260,17 @@ def settled(history: pd.DataFrame, ordering: Ordering) -> dict[int, bool]:
     return out
 
 
+def seed_votes(frame: pd.DataFrame) -> list[str]:
+    """Our vote per width for ``majority``: a direction only where every seed agrees, else a tie.
+
+    A width where the seeds disagree is within our noise, so it counts as a reading of a plot
+    closer than the reading precision does: present, but for neither side.
+    """
+    return [v if v in (HOLDS, REVERSED) else TIED for v in frame.verdict if v != MISSING]
+
+
 def agreement(ours: str, paper: str, replication: str) -> str:
-    """One sentence comparing the majority directions over widths (``majority``)."""
+    """One sentence comparing the majority directions over widths (``majority``; ours by ``seed_votes``)."""
     word = {
         HOLDS: "holds at most widths",
         REVERSED: "is reversed at most widths",
@@ -269,7 +278,8 @@ def agreement(ours: str, paper: str, replication: str) -> str:
         "": "has no reading at these widths",
     }
     text = (
-        f"In ours it {word[ours]}, in the paper's figure it {word[paper]}, in the replication's it "
+        f"In ours (counting widths where every seed agrees) it {word[ours]}, in the paper's figure it "
+        f"{word[paper]}, in the replication's it "
         f"{word[replication]}"
     )
     if ours in ("mixed", ""):
@@ -296,7 +306,7 @@ def ordering_paragraph(ordering: Ordering, frame: pd.DataFrame, history: pd.Data
     lines.append(f"Paper (Figure 1): {where(paper)}. Replication: {where(repl)}.")
     if (part.verdict == MISSING).all():
         return " ".join([*lines, "Nothing to compare in ours yet."])
-    lines.append(agreement(majority(part.leans), majority(paper.values()), majority(repl.values())))
+    lines.append(agreement(majority(seed_votes(part)), majority(paper.values()), majority(repl.values())))
     steady = settled(history, ordering)
     if steady:
         epochs = int(history.epoch.max())

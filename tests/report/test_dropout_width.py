@@ -154,6 +154,12 @@ def test_a2_against_a_is_compared_with_the_paper_and_the_replication(drawn) -> N
     assert "over the last 2 of 4 epochs the direction of the means held at 100, 500." in paragraph
 
 
+def test_a_width_where_seeds_disagree_takes_no_side_in_the_summary(drawn) -> None:  # noqa: ANN001
+    paragraph = next(b.text for b in drawn.blocks if b.text.startswith("**binary dropout ≤ no dropout"))
+    # 100: reversed with every seed; 500: seeds disagree although the mean leans to "holds"
+    assert "In ours (counting widths where every seed agrees) it is reversed at most widths" in paragraph
+
+
 def test_the_whole_chain_is_named_where_every_link_holds_and_no_width_reads_as_such(drawn) -> None:  # noqa: ANN001
     text = markdown(drawn.blocks)
     # width 500: means 1.05 <= 1.10 <= 1.175 <= 1.25; width 100 breaks at Gaussian A vs binary
