@@ -10,6 +10,7 @@ committed; it is written once, atomically, and never edited. ``--refinish``, ``b
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import json
@@ -137,6 +138,17 @@ def versions() -> dict[str, str]:
         "torch": torch.__version__,
         "python": platform.python_version(),
     }
+
+
+@functools.cache
+def code_commit() -> str | None:
+    """The commit of the code this process loaded: read once, at the first call, then kept.
+
+    A campaign worker imports the code when it starts and trains cells for hours; reading the
+    checkout again at each cell would stamp records with commits made after the code in memory was
+    loaded. Workers call this when they start; a single run calls it when its training starts.
+    """
+    return git_commit()
 
 
 def git_commit(start: Path | None = None) -> str | None:

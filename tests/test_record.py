@@ -76,3 +76,17 @@ def test_a_metric_that_is_not_finite_is_stored_as_null() -> None:
         run_id="a", task="t", method="m", seed=0, config={}, versions={}, metrics={"x": math.nan}, layers=[]
     )
     assert rec.metrics["x"] is None and json.loads(rec.to_json())["metrics"]["x"] is None
+
+
+def test_the_code_commit_is_read_once_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker's records carry the commit of the code it loaded, not of a later checkout."""
+    from sparsebench import record
+
+    commits = iter(["a" * 40, "b" * 40])
+    monkeypatch.setattr(record, "git_commit", lambda start=None: next(commits))
+    record.code_commit.cache_clear()
+    try:
+        assert record.code_commit() == "a" * 40
+        assert record.code_commit() == "a" * 40  # the checkout moved on; the loaded code did not
+    finally:
+        record.code_commit.cache_clear()

@@ -71,6 +71,7 @@ class CellSkipped(Exception):
 
 def run_worker(spec: CampaignSpec, rows: tuple[Row, ...], options: WorkerOptions) -> WorkerSummary:
     """Take cells until the queue holds none this worker can run, or ``max_time`` has passed."""
+    record.code_commit()  # the commit of the code imported now; every record of this worker carries it
     study = queue.open_queue(spec, options.storage)
     summary, deferred = WorkerSummary(), set()
     started = time.monotonic()

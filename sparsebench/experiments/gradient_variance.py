@@ -226,7 +226,7 @@ def new_record(cfg: GradientVarianceConfig, data_dir: Path, task: Any) -> gvr.Gr
     return gvr.GradientVarianceRecord(
         config=config,
         versions=record.versions(),
-        git_commit=record.git_commit(),
+        git_commit=record.code_commit(),
         data=record.data_checksums(data_dir, task.data_files),
     )
 

@@ -22,7 +22,7 @@ from sparsebench.measure.counts import check_export, layer_table, paper_row, sum
 from sparsebench.measure.exported import export_problem
 from sparsebench.measure.precision import layer_weights, precision_report, round_model
 from sparsebench.measure.structured import structured_metrics
-from sparsebench.record import RECORD_NAME, EpochPoint, RunRecord, data_checksums, git_commit
+from sparsebench.record import RECORD_NAME, EpochPoint, RunRecord, code_commit, data_checksums
 from sparsebench.record import versions as record_versions
 from sparsebench.run.loop import current_sparsity, evaluate
 from sparsebench.run.plan import Plan, RunResult
@@ -86,9 +86,9 @@ class RecordSource:
 
     data_dir: Path | None = None
     tags: dict[str, str] = field(default_factory=dict)
-    commit: str | None = field(default_factory=git_commit)
-    """The commit of the code, read when the source is made: at the start of training, not at its
-    end, when the checkout may have moved on."""
+    commit: str | None = field(default_factory=code_commit)
+    """The commit of the code this process loaded (``record.code_commit``), not of the checkout at
+    the end of training, when it may have moved on."""
 
 
 def build_record(
