@@ -40,13 +40,10 @@ def cell_state(spec: CampaignSpec, cell: Cell, trials: list[Any]) -> tuple[str, 
     """The state of one cell and, for a failure, its reason (the latest trial decides)."""
     if is_done(spec.results, cell):
         return "done", ""
-    states = {t.state for t in trials}
     running = [t for t in trials if t.state == TrialState.RUNNING]
-    if running and all(orphaned(t) for t in running):
-        return "abandoned", ""  # its worker here was killed; the next `campaign run` re-queues it
-    if TrialState.RUNNING in states:
-        return "running", ""
-    if TrialState.WAITING in states:
+    if running:  # abandoned: its worker here was killed; the next `campaign run` re-queues it
+        return ("abandoned" if all(orphaned(t) for t in running) else "running"), ""
+    if any(t.state == TrialState.WAITING for t in trials):
         return "queued", ""
     if queue.finished_elsewhere(trials) is not None:
         return "elsewhere", ""

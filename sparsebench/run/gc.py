@@ -113,7 +113,9 @@ def collect(
         return result
     if store is None:
         raise ConfigError("gc needs the tracking store that owns the runs to decide which checkpoints may go")
-    statuses = run_statuses(store)
+    from sparsebench.tracking import run_states
+
+    statuses = run_states(store)  # run id -> status; DELETED for runs deleted from the store
     clock = time.time() if now is None else now
     for path in paths:
         folder = Folder(path.name, statuses.get(path.name, ABSENT), folder_bytes(path), age_days(path, clock))
@@ -122,13 +124,6 @@ def collect(
             _remove(path, folder, dry_run)
         result.folders.append(folder)
     return result
-
-
-def run_statuses(store: Store) -> dict[str, str]:
-    """Run id -> MLflow status of every run the store has; ``DELETED`` for runs deleted from it."""
-    from sparsebench.tracking import run_states
-
-    return run_states(store)
 
 
 def _verdict(folder: Folder, older_than_days: float | None) -> str:

@@ -11,6 +11,7 @@ import json
 import pickle
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -81,16 +82,7 @@ def runs_frame(store: Store, ids: list[str] | None, filter_string: str = "") -> 
     """
     if ids is None:
         ids = [e.experiment_id for e in store.client.search_experiments()]
-    rows, token = [], None
-    while ids:
-        page = store.client.search_runs(
-            ids, filter_string=filter_string, max_results=SEARCH_PAGE, page_token=token
-        )
-        rows += [_row(run) for run in page]
-        token = page.token
-        if not token:
-            break
-    frame = pd.DataFrame(rows)
+    frame = pd.DataFrame([_row(run) for run in _search_all(store.client, ids, filter_string=filter_string)])
     for column in ("start_time", "end_time"):
         if column in frame:
             frame[column] = pd.to_datetime(frame[column], unit="ms", utc=True)
@@ -113,17 +105,22 @@ def run_states(store: Store) -> dict[str, str]:
     experiments = client.search_experiments(view_type=ViewType.ALL)
     deleted_experiments = {e.experiment_id for e in experiments if e.lifecycle_stage == "deleted"}
     states: dict[str, str] = {}
-    ids, token = [e.experiment_id for e in experiments], None
+    for run in _search_all(client, [e.experiment_id for e in experiments], run_view_type=ViewType.ALL):
+        info = run.info
+        gone = info.lifecycle_stage == "deleted" or info.experiment_id in deleted_experiments
+        states[info.run_id] = DELETED if gone else info.status
+    return states
+
+
+def _search_all(client: Any, ids: list[str], **search: Any) -> Iterator[Any]:
+    """Every run ``client.search_runs(ids, **search)`` finds, page after page."""
+    token = None
     while ids:
-        page = client.search_runs(ids, run_view_type=ViewType.ALL, max_results=SEARCH_PAGE, page_token=token)
-        for run in page:
-            info = run.info
-            gone = info.lifecycle_stage == "deleted" or info.experiment_id in deleted_experiments
-            states[info.run_id] = DELETED if gone else info.status
+        page = client.search_runs(ids, max_results=SEARCH_PAGE, page_token=token, **search)
+        yield from page
         token = page.token
         if not token:
-            break
-    return states
+            return
 
 
 def _row(run: Any) -> dict[str, Any]:
