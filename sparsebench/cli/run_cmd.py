@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import signal
 import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sparsebench.cli._common import add_env_flags, env_from
+from sparsebench.interrupts import sigterm_as_interrupt
 
 if TYPE_CHECKING:
     from sparsebench.env import Env
@@ -97,7 +94,7 @@ def handle(args: argparse.Namespace) -> int:
     if args.config:  # a bad value in the file: one line naming the file, before any data is read
         plan_from_file(args, overrides)
     env = env_from(args)  # resolved once; an unknown store scheme is refused before any data is read
-    with _sigterm_as_interrupt():
+    with sigterm_as_interrupt():
         result = _train(args, overrides, env)
     if result.status != "FINISHED":
         return 130 if result.status == "KILLED" else 0
@@ -242,20 +239,3 @@ def _train(args: argparse.Namespace, overrides: dict[str, Any], env: Env) -> Any
         record_path=args.record,
     )
     return refinish(request, args.refinish) if args.refinish else train(request)
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """A job scheduler's SIGTERM ends the run like Ctrl-C: marked KILLED, checkpoint kept, resumable."""
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    if threading.current_thread() is not threading.main_thread():  # only the main thread may
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

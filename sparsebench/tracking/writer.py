@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sparsebench.errors import ConfigError, RunNotFoundError
+from sparsebench.interrupts import interrupts_held
 from sparsebench.tracking.store import Store, open_store
 
 MLFLOW_BATCH_METRICS = 1000
@@ -28,7 +29,11 @@ MODEL_FOLDER = "model"
 
 
 class Tracker:
-    """One MLflow run."""
+    """One MLflow run.
+
+    Every call that reads or writes the store holds Ctrl-C and SIGTERM until it returns
+    (``interrupts_held``): an interrupt inside SQLAlchemy prints a traceback and half-writes.
+    """
 
     def __init__(self, store: Store, run_id: str) -> None:
         self.store = store
@@ -36,6 +41,7 @@ class Tracker:
         self.run_id = run_id
 
     @classmethod
+    @interrupts_held()
     def open(
         cls,
         store: Store | str | None,
@@ -63,6 +69,7 @@ class Tracker:
         run = store.client.create_run(store.experiment_id(experiment), tags=all_tags, run_name=run_name)
         return cls(store, run.info.run_id)
 
+    @interrupts_held()
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
@@ -72,6 +79,7 @@ class Tracker:
         for i in range(0, len(items), MLFLOW_BATCH_PARAMS):
             self.client.log_batch(self.run_id, params=items[i : i + MLFLOW_BATCH_PARAMS])
 
+    @interrupts_held()
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         from mlflow.entities import Metric
 
@@ -80,6 +88,7 @@ class Tracker:
         for start in range(0, len(items), MLFLOW_BATCH_METRICS):
             self.client.log_batch(self.run_id, metrics=items[start : start + MLFLOW_BATCH_METRICS])
 
+    @interrupts_held()
     def copy_curves(self, source: str) -> None:
         """Copy the per-epoch curves (keys logged more than once) of run ``source``, steps and times kept.
 
@@ -97,22 +106,27 @@ class Tracker:
         for start in range(0, len(copied), MLFLOW_BATCH_METRICS):
             self.client.log_batch(self.run_id, metrics=copied[start : start + MLFLOW_BATCH_METRICS])
 
+    @interrupts_held()
     def set_tags(self, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
 
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
+    @interrupts_held()
     def tags(self) -> dict[str, str]:
         """The run's tags as logged so far."""
         return dict(self.client.get_run(self.run_id).data.tags)
 
+    @interrupts_held()
     def metric_history(self, key: str) -> dict[int, float]:
         """Every logged value of ``key`` by step (the last one logged at a step wins)."""
         return {m.step: m.value for m in self.client.get_metric_history(self.run_id, key)}
 
+    @interrupts_held()
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
+    @interrupts_held()
     def log_artifacts(self, folder: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifacts(self.run_id, str(folder), artifact_path)
 
@@ -129,6 +143,7 @@ class Tracker:
             tags["mlflow.source.git.commit"] = commit
         self.set_tags(tags)
 
+    @interrupts_held()
     def log_model(
         self, model: Any, example: Any, files: dict[str, Any], artifact_path: str = MODEL_FOLDER
     ) -> None:
@@ -151,12 +166,14 @@ class Tracker:
             self.log_artifacts(folder, artifact_path)
         self.set_tags({"model.flavor": flavor})
 
+    @interrupts_held()
     def log_dataset(self, name: str, splits: dict[str, Any], source: dict[str, str]) -> None:
         """Each split as an MLflow dataset input: name, digest, size, and its role as the context tag."""
         from sparsebench.tracking.models import dataset_inputs
 
         self.client.log_inputs(self.run_id, datasets=dataset_inputs(name, splits, source))
 
+    @interrupts_held()
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
 
