@@ -18,9 +18,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from sparsebench.toolkit.exact import pinned_mask
+from sparsebench.toolkit.noise import COMPILED_DRAW_MIN_ELEMENTS
 from sparsebench.toolkit.surgery import copy_as, standard_layer
 
 from . import gates
+from .fused import GatedWeight, GatePenalty
 
 Granularity = Literal["weight", "group"]
 
@@ -52,6 +54,8 @@ class _L0Gated:
     bias: nn.Parameter | None
     log_alpha: nn.Parameter
     spec: GateSpec
+    use_compiled: bool = False
+    """Weight gates: run the fused draw and penalty as compiled kernels (``L0.enable_compile``)."""
 
     def _init_gates(self, spec: GateSpec) -> None:
         self.spec = spec
@@ -95,8 +99,23 @@ class _L0Gated:
         exact = pinned_mask(self)  # type: ignore[arg-type]
         return (weight, bias) if exact is None else (weight * exact, bias)
 
+    @property
+    def _fused(self) -> bool:
+        """Weight gates of a layer large enough for compiled kernels to pay (eager, autograd through
+        the reference formulas is faster than the fused nodes' eager functions)."""
+        return (
+            self.use_compiled
+            and self.spec.granularity == "weight"
+            and self.weight.numel() >= COMPILED_DRAW_MIN_ELEMENTS
+        )
+
     def train_parameters(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The weight and bias of one training step: one gate sample shared by the whole minibatch."""
+        """The weight and bias of one training step: one gate sample shared by the whole minibatch.
+
+        Compiled weight gates go through ``GatedWeight``: the same draw and gradients in one node.
+        """
+        if self._fused:
+            return GatedWeight.apply(self.weight, self.log_alpha, self.spec.temperature, True), self.bias
         return self._gated(gates.sample(self.log_alpha, self.spec.temperature))
 
     def open_probability(self) -> torch.Tensor:
@@ -113,7 +132,13 @@ class _L0Gated:
         its gate (conv feature maps) costs the same; one that does not pays weight_decay / 2 * b^2.
         Divided by N by the method.
         """
-        spec, p = self.spec, self.open_probability()
+        spec = self.spec
+        if self._fused:  # one node (``GatePenalty``); a weight-gated layer's bias has no gate
+            settings = (spec.lam, spec.weight_decay, spec.temperature, True)
+            total = GatePenalty.apply(self.weight, self.log_alpha, *settings)
+            bias = self.bias
+            return total if bias is None else total + 0.5 * spec.weight_decay * bias.pow(2).sum()
+        p = self.open_probability()
         per_weight = spec.lam + 0.5 * spec.weight_decay * self.weight.pow(2)
         total = (self._expand(p) * per_weight).sum()
         if self.bias is not None:

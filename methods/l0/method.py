@@ -152,6 +152,11 @@ class L0(SparsityMethod):
 
         return replace_modules(model, swap)
 
+    def enable_compile(self, model: nn.Module) -> None:
+        """Weight gates' draw and penalty as compiled kernels (group gates are too small to gain)."""
+        for layer in self.layers(model).values():
+            layer.use_compiled = True
+
     @staticmethod
     def layers(model: nn.Module) -> dict[str, L0Linear | L0Conv2d]:
         return modules_of_type(model, L0_LAYERS)  # type: ignore[return-value]

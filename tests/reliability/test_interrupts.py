@@ -13,10 +13,9 @@ from sparsebench.tracking.writer import Tracker
 
 def test_ctrl_c_inside_the_block_is_delivered_after_it() -> None:
     finished = []
-    with pytest.raises(KeyboardInterrupt):
-        with interrupts_held():
-            os.kill(os.getpid(), signal.SIGINT)
-            finished.append("the write")
+    with pytest.raises(KeyboardInterrupt), interrupts_held():
+        os.kill(os.getpid(), signal.SIGINT)
+        finished.append("the write")
     assert finished == ["the write"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
@@ -43,9 +42,8 @@ def test_a_quiet_block_delivers_nothing_and_restores_the_handlers() -> None:
 
 def test_sigterm_in_a_run_becomes_keyboard_interrupt_and_the_old_handler_returns() -> None:
     before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(KeyboardInterrupt):
-        with sigterm_as_interrupt():
-            os.kill(os.getpid(), signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt), sigterm_as_interrupt():
+        os.kill(os.getpid(), signal.SIGTERM)
     assert signal.getsignal(signal.SIGTERM) == before
 
 
