@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.text import Annotation
 from matplotlib.transforms import Bbox
 
 from sparsebench.registry import normalize_name
@@ -106,7 +107,8 @@ def error_vs_compression(
         pad=12,  # room for the outlier triangles on the top edge
     )
     _legend(fig, ax, bool(quoted), outliers)
-    _place_labels(ax, [lab for lab in labels if lab[1] <= top])
+    shown = [(p.x, p.y) for p in every if p.y <= top]
+    _place_labels(ax, [lab for lab in labels if lab[1] <= top], shown)
     return fig
 
 
@@ -224,47 +226,90 @@ def _legend(fig: Figure, ax: plt.Axes, quoted: bool, outliers: int) -> None:
     fitted_legend(fig, handles, labels, "outside right upper", fontsize=8.5)
 
 
-def _place_labels(ax: plt.Axes, items: list[tuple[float, float, str, str]]) -> None:
+LABEL_SPOTS = (
+    ((0, 9), "center", "bottom"),
+    ((0, -9), "center", "top"),
+    ((9, 0), "left", "center"),
+    ((-9, 0), "right", "center"),
+    ((9, 9), "left", "bottom"),
+    ((9, -9), "left", "top"),
+    ((-9, 9), "right", "bottom"),
+    ((-9, -9), "right", "top"),
+    ((0, 22), "center", "bottom"),
+    ((0, -22), "center", "top"),
+)
+"""Where a name may go beside its point, in order of preference: (offset in points, ha, va)."""
+COINCIDENT_PX = 12.0
+"""Markers closer than this (pixels) to a named point count as the same place."""
+POINTED_SPOTS = (
+    ((0, -30), "center", "top"),
+    ((24, -24), "left", "top"),
+    ((-24, -24), "right", "top"),
+    ((0, 30), "center", "bottom"),
+    ((24, 24), "left", "bottom"),
+    ((-24, 24), "right", "bottom"),
+)
+"""Farther spots, with a thin line to the point, for a point crowded by other markers."""
+
+
+def _place_labels(
+    ax: plt.Axes, items: list[tuple[float, float, str, str]], markers: list[tuple[float, float]]
+) -> None:
     """Name each point beside it, trying positions around it until the text overlaps nothing drawn.
 
     Paper references often sit close together (e.g. 108x and 111x at 1 % error), where a fixed
-    offset would print one name over another.
+    offset would print one name over another. Every marker (``markers``: our setting means and the
+    stars) is an obstacle: a name printed beside one of our points reads as that point's name.
+    Where no spot is free, the name goes where it covers the fewest pixels.
     """
     if not items:
         return
     renderer = ax.figure.canvas.get_renderer()
     ax.figure.canvas.draw()
-    taken = []
-    for x, y, _, _ in items:  # the stars themselves are obstacles too
-        px, py = ax.transData.transform((x, y))
-        taken.append(Bbox.from_extents(px - 8, py - 8, px + 8, py + 8))
-    spots = [
-        ((0, 9), "center", "bottom"),
-        ((0, -9), "center", "top"),
-        ((9, 0), "left", "center"),
-        ((-9, 0), "right", "center"),
-        ((9, 9), "left", "bottom"),
-        ((-9, -9), "right", "top"),
-        ((0, 22), "center", "bottom"),
-        ((0, -22), "center", "top"),
-    ]
+    centres = [tuple(ax.transData.transform(xy)) for xy in markers]
+    taken = [Bbox.from_extents(px - 8, py - 8, px + 8, py + 8) for px, py in centres]
     for x, y, text, colour in sorted(items, key=lambda item: item[0]):
-        for offset, ha, va in spots:
+        own = tuple(ax.transData.transform((x, y)))
+        # Markers on top of the point (ours under the paper's star) share its name; others must not.
+        others = [c for c in centres if math.dist(c, own) > COINCIDENT_PX]
+        best: tuple[float, Annotation] | None = None
+        for (offset, ha, va), pointed in [(spot, False) for spot in LABEL_SPOTS] + [
+            (spot, True) for spot in POINTED_SPOTS
+        ]:
+            arrow = {"arrowstyle": "-", "color": "0.45", "lw": 0.6, "shrinkB": 5} if pointed else None
             label = ax.annotate(
-                text,
-                (x, y),
-                xytext=offset,
-                textcoords="offset points",
-                ha=ha,
-                va=va,
-                fontsize=8,
-                color=colour,
-            )
+                text, (x, y), xytext=offset, textcoords="offset points", ha=ha, va=va, fontsize=8,
+                color=colour, arrowprops=arrow,
+            )  # fmt: skip
             box = label.get_window_extent(renderer)
-            if not any(box.overlaps(t) for t in taken) or offset == spots[-1][0]:
-                taken.append(box)
+            cost = sum(_overlap_area(box, t) for t in taken)
+            crowded = any(_distance(box, c) < 2.0 * _distance(box, own) for c in others)
+            if crowded and not pointed:
+                cost += box.width * box.height  # about as near another marker: it could read as its name
+            if best is not None and cost >= best[0]:
+                label.remove()
+                continue
+            if best is not None:
+                best[1].remove()
+            best = (cost, label)
+            if cost == 0:
                 break
-            label.remove()
+        if best is not None:
+            taken.append(best[1].get_window_extent(renderer))
+
+
+def _distance(box: Bbox, point: tuple[float, float]) -> float:
+    """Pixels from ``point`` to the nearest edge of ``box`` (0 inside it)."""
+    dx = max(box.x0 - point[0], 0.0, point[0] - box.x1)
+    dy = max(box.y0 - point[1], 0.0, point[1] - box.y1)
+    return math.hypot(dx, dy)
+
+
+def _overlap_area(a: Bbox, b: Bbox) -> float:
+    """Pixels two boxes share (0 when apart): where no spot is free, a name goes where it hides least."""
+    width = min(a.x1, b.x1) - max(a.x0, b.x0)
+    height = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return max(0.0, width) * max(0.0, height)
 
 
 def _averaged_curve(curves: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:

@@ -103,3 +103,28 @@ def test_the_frontier_is_drawn_with_the_methods_in_the_legend(runs) -> None:
     handles = fig.legends[0].legend_handles
     assert any(isinstance(h, Line2D) and h.get_marker() == "^" for h in handles)
     assert "beyond the axis (value printed)" in _legend_texts(fig)
+
+
+def test_a_crowded_paper_name_never_sits_nearer_another_marker() -> None:
+    """The README figure's case: the sparse_vd star at 68x between dns (56x) and two of our points.
+
+    Every spot beside the star is about as near another marker, so the name goes farther, with a
+    line to its own star; a name whose point stands alone stays right beside it, with no line.
+    """
+    from sparsebench.report.frontier import _distance, _place_labels
+
+    fig, ax = plt.subplots(figsize=(10.0, 5.2))
+    ax.set_xscale("log")
+    ax.set_xlim(0.8, 400)
+    ax.set_ylim(0, 4)
+    star, alone = (68.0, 1.92), (2.0, 1.0)
+    markers = [star, alone, (56.0, 1.99), (50.0, 1.75), (108.0, 1.92), (23.0, 1.94)]
+    _place_labels(ax, [(*star, "sparse_vd", "black"), (*alone, "dense", "black")], markers)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    labels = {t.get_text(): t for t in ax.texts}
+    box = labels["sparse_vd"].get_window_extent(renderer)
+    others = [ax.transData.transform(m) for m in markers if m != star]
+    assert labels["sparse_vd"].arrow_patch is not None
+    assert min(_distance(box, tuple(c)) for c in others) > 8  # clear of every other marker's dot
+    assert labels["dense"].arrow_patch is None and labels["dense"].xyann == (0, 9)
