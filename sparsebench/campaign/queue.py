@@ -171,14 +171,19 @@ def reclaim(study: optuna.Study, spec: CampaignSpec, url: str) -> None:
             optuna.storages.fail_stale_trials(study)
 
 
+CLAIMS_TABLE = "sparsebench_trial_claims"
+"""Claims by (study, trial number); queues made before it kept theirs by optuna's private trial id."""
+
+
 def claim(url: str, trial: optuna.Trial) -> bool:
     """Whether this worker is the one that trains ``trial``; False when another worker already is.
 
     optuna pops a waiting trial with SELECT ... FOR UPDATE, which SQLite ignores: two workers
     starting at the same moment can both be handed one trial, both train its cell, and the second
     ``tell`` fails ("Cannot tell a COMPLETE trial"). On SQLite the claim is a row of a table of our
-    own in the same database file, inserted once (its primary key is the trial's id), so it lives and
-    dies with the queue; PostgreSQL's row lock already hands each trial to one worker.
+    own in the same database file, inserted once (its primary key is the study's name and the trial's
+    number, optuna's public names for it), so it lives and dies with the queue; PostgreSQL's row lock
+    already hands each trial to one worker.
     """
     if not url.startswith("sqlite:///"):
         return True
@@ -186,10 +191,14 @@ def claim(url: str, trial: optuna.Trial) -> bool:
 
     with contextlib.closing(sqlite3.connect(url.removeprefix("sqlite:///"), timeout=60)) as db, db:
         db.execute(
-            "CREATE TABLE IF NOT EXISTS sparsebench_claims (trial_id INTEGER PRIMARY KEY, worker TEXT)"
+            f"CREATE TABLE IF NOT EXISTS {CLAIMS_TABLE} "
+            "(study TEXT, number INTEGER, worker TEXT, PRIMARY KEY (study, number))"
         )
         try:
-            db.execute("INSERT INTO sparsebench_claims VALUES (?, ?)", (trial._trial_id, worker_id()))
+            db.execute(
+                f"INSERT INTO {CLAIMS_TABLE} VALUES (?, ?, ?)",
+                (trial.study.study_name, trial.number, worker_id()),
+            )
         except sqlite3.IntegrityError:
             return False
     return True
