@@ -106,3 +106,29 @@ def test_x_dense_compares_time_per_example_across_batch_sizes(monkeypatch) -> No
     assert table.loc["group_nj", "x_dense"] == pytest.approx(2.56 / 128 / (1.0 / 100))
     ratio_of_epochs = table.loc["group_nj", "seconds_per_epoch"] / table.loc["dense", "seconds_per_epoch"]
     assert table.loc["group_nj", "x_dense"] == pytest.approx(ratio_of_epochs)
+
+
+def test_a_method_variant_is_timed_beside_its_default(monkeypatch) -> None:
+    """``l0:granularity=weight`` is its own row, with the setting applied to that row's model only."""
+    granularity: dict[str, str] = {}
+
+    def fake_seconds(self: TrainingLoop, n: int) -> float:
+        granularity[self.spec] = getattr(self.method.config, "granularity", "")
+        return 1.0
+
+    monkeypatch.setattr(TrainingLoop, "seconds_per_step", fake_seconds)
+    table = bench(
+        ["lenet300_100"], ["dense", "l0", "l0: granularity=weight, lam=2"], CPU, steps=2, warmup=1,
+        num_train=300, compile_kernels=False, breakdown=False, rounds=2,
+    )  # fmt: skip
+    assert list(table.method) == ["dense", "l0", "l0: granularity=weight, lam=2"]
+    assert granularity == {"dense": "", "l0": "group", "l0: granularity=weight, lam=2": "weight"}
+
+
+def test_a_setting_the_method_lacks_is_refused_before_timing() -> None:
+    from sparsebench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown config key 'method.granularity'"):
+        TrainingLoop("lenet300_100", "sparse_vd:granularity=weight", None, CPU, False)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="--methods expects key=value"):
+        train_bench.parse_method_spec("l0:weight")

@@ -31,10 +31,11 @@ from typing import Any
 import pandas as pd
 import torch
 
+from sparsebench.config import parse_assignment
 from sparsebench.data.tensors import TensorBatches
 from sparsebench.registry import METHODS, TASKS
 from sparsebench.run.loop import Trainer, build_optimizer, place_model
-from sparsebench.task import resolve_recipe
+from sparsebench.run.plan import plan_run
 
 PHASES = ("data", "forward", "regularizer", "backward", "optimizer", "method_hooks")
 
@@ -107,20 +108,40 @@ def _quiet_native_stderr() -> Iterator[None]:
         os.close(saved)
 
 
+def parse_method_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """``NAME`` or ``NAME:KEY=VALUE,...``: a method and settings of its own (``method.KEY``).
+
+    So one benchmark can time a method's variants side by side (``l0:granularity=weight``).
+    """
+    name, _, settings = spec.partition(":")
+    overrides = {}
+    for text in filter(None, (part.strip() for part in settings.split(","))):
+        key, value = parse_assignment(text, "--methods", example="l0:granularity=weight")
+        overrides[f"method.{key}"] = value
+    return name.strip(), overrides
+
+
+def canonical_spec(spec: str) -> str:
+    """The spec with the method's registered name (``sparsevd`` -> ``sparse_vd``), settings unchanged."""
+    name, _, settings = spec.partition(":")
+    canonical = METHODS.get(name.strip()).name
+    return f"{canonical}:{settings}" if settings else canonical
+
+
 class TrainingLoop:
     """One method's training step on one task with its default recipe, ready to be timed in blocks."""
 
     def __init__(
         self,
         task_name: str,
-        method_name: str,
+        method_spec: str,
         data: TensorBatches,
         device: torch.device,
         compile_kernels: bool,
     ) -> None:
-        self.task = TASKS.get(task_name)()
-        self.method = METHODS.get(method_name)()
-        self.recipe = resolve_recipe(self.task, self.method)
+        plan = plan_run(task_name, *parse_method_spec(method_spec))
+        self.spec = method_spec
+        self.task, self.method, self.recipe = plan.task, plan.method, plan.train
         self.device = device
         torch.manual_seed(0)
         self.model = place_model(self.method.convert(self.task.build_model()), device)
@@ -234,7 +255,7 @@ def bench_task(
     x = torch.randn(num_train, *example.shape[1:], device=device)
     y = torch.randint(0, 10, (num_train,), device=device)
     data = TensorBatches(x, y)
-    names = list(dict.fromkeys(METHODS.get(m).name for m in methods))  # sparsevd = sparse_vd
+    names = list(dict.fromkeys(canonical_spec(m) for m in methods))  # sparsevd = sparse_vd
     loops = {name: TrainingLoop(task_name, name, data, device, compile_kernels) for name in names}
     for loop in loops.values():
         loop.seconds_per_step(warmup)
@@ -251,7 +272,7 @@ def bench_task(
         ratios = [t / d for t, d in zip(per_example[name], dense, strict=True)] if dense else []
         row: dict[str, Any] = {
             "task": loop.task.name,
-            "method": loop.method.name,
+            "method": loop.spec,
             "batch_size": loop.recipe.batch_size,
             "ms_per_step": 1000 * per_step,
             "x_dense": statistics.median(ratios) if ratios else float("nan"),

@@ -33,6 +33,7 @@ from sparsebench.campaign.cells import (
     write_spec_copy,
 )
 from sparsebench.campaign.spec import CampaignSpec, Row
+from sparsebench.env import Env
 from sparsebench.errors import SparsebenchError
 from sparsebench.sweep.study import worker_id
 from sparsebench.sweep.workers import TRACKING_URI_VARIABLE
@@ -43,10 +44,8 @@ class WorkerOptions:
     """Where and how a worker trains; the same for every worker of one ``campaign run``."""
 
     storage: str
-    tracking_uri: str
-    data_dir: str | None = None
-    device: str = "auto"
-    experiment: str = "sparsebench"
+    env: Env
+    """Device, data, tracking store and experiment of every cell (the command's, resolved once)."""
     max_time: float | None = None
     """Minutes after which the worker takes no new cell."""
     since: dt.datetime = field(default_factory=dt.datetime.now)
@@ -215,10 +214,7 @@ class CellObjective:
                 task=row.task,
                 method=row.method,
                 overrides=overrides,
-                device=options.device,
-                data_dir=options.data_dir,
-                tracking_uri=options.tracking_uri,
-                experiment=options.experiment,
+                env=options.env,
                 init_from=None if parent is None else model_path(spec.results, parent).as_posix(),
                 progress=options.progress,
                 run_name=f"{spec.name}/{cell.key}",
@@ -228,7 +224,7 @@ class CellObjective:
         if result.status != "FINISHED":
             raise KeyboardInterrupt  # Ctrl-C in training: the runner kept its checkpoint and said so
         trial.set_user_attr("run_id", result.run_id)
-        exported = load_exported(options.tracking_uri, result.run_id, f"run {result.run_id}")
+        exported = load_exported(options.env.tracking_uri, result.run_id, f"run {result.run_id}")
         if exported is not None:
             save_model(spec, cell, exported["state_dict"])
         record.write(result.record, target)
@@ -252,7 +248,7 @@ def run_campaign(
     queue.sync(study, spec, rows, options.since)
     if workers == 1:
         return run_worker(spec, rows, options), []
-    gpus = visible_gpus(options.device)
+    gpus = visible_gpus(options.env.device)
     threads = options.threads or (None if gpus else max(1, cpu_count() // workers))
     procs = [
         subprocess.Popen(worker_command(spec, rows, options, i, threads), env=worker_env(options, gpus, i))
@@ -273,13 +269,12 @@ def worker_command(
     """A worker process's command line: nothing secret (storage and store URLs go by environment)."""
     command = [sys.executable, "-m", "sparsebench.cli.campaign_cmd", "run", spec.source]
     command += ["--worker-index", str(index), "--since", options.since.isoformat()]
-    command += ["--device", options.device, "--experiment", options.experiment]
+    command += ["--device", options.env.device, "--experiment", options.env.experiment]
     if len(rows) != len(spec.rows):
         command += ["--rows", ",".join(r.name for r in rows)]
     if options.max_time is not None:
         command += ["--max-time", repr(options.max_time)]
-    if options.data_dir:
-        command += ["--data-dir", options.data_dir]
+    command += ["--data-dir", str(options.env.data_dir)]
     if threads is not None:
         command += ["--threads", str(threads)]
     return command
@@ -287,7 +282,7 @@ def worker_command(
 
 def worker_env(options: WorkerOptions, gpus: list[str], index: int) -> dict[str, str]:
     env = dict(os.environ)
-    env[TRACKING_URI_VARIABLE] = options.tracking_uri
+    env[TRACKING_URI_VARIABLE] = options.env.tracking_uri
     env[queue.STORAGE_VARIABLE] = options.storage
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]

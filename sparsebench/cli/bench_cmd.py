@@ -19,6 +19,7 @@ EXAMPLES = """examples:
   sparsebench bench RUN --formats dense thinned thinned_scipy_csr --device cuda
   sparsebench bench --break-even --tasks lenet300_100 lenet5
   sparsebench bench --train --tasks lenet300_100 --methods dense sparse_vd --steps 300
+  sparsebench bench --train --tasks lenet300_100 --methods dense l0 l0:granularity=weight
 """
 
 
@@ -58,7 +59,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     shared.add_argument("--backends", nargs="+", choices=["torch", "scipy"], default=["torch", "scipy"])
     shared.add_argument("--out", help="--break-even: also write the full sweep to this CSV file")
     training = p.add_argument_group("--train")
-    training.add_argument("--methods", nargs="+", default=["dense", "sparse_vd"])
+    training.add_argument(
+        "--methods",
+        nargs="+",
+        default=["dense", "sparse_vd"],
+        help="method names, or NAME:KEY=VALUE,... for a method with its own settings (l0:granularity=weight)",
+    )
     training.add_argument(
         "--steps", type=int, default=200, help="timed optimiser steps per method, split across --rounds"
     )
@@ -260,9 +266,10 @@ def _threads() -> int:
 
 
 def _train(args: argparse.Namespace, device: Any) -> int:
-    from sparsebench.bench.train import OP_KINDS, PHASES, bench
+    from sparsebench.bench.train import OP_KINDS, PHASES, bench, parse_method_spec
     from sparsebench.errors import ConfigError
-    from sparsebench.registry import METHODS, TASKS
+    from sparsebench.registry import TASKS
+    from sparsebench.run.plan import plan_run
 
     if args.rounds < 1 or args.steps < args.rounds:
         raise ConfigError(
@@ -270,8 +277,8 @@ def _train(args: argparse.Namespace, device: Any) -> int:
         )
     for name in args.tasks:  # misspelt names are refused before any timing
         TASKS.get(name)
-    for name in args.methods:
-        METHODS.get(name)
+    for spec in args.methods:  # and settings a method does not have, before any timing
+        plan_run(args.tasks[0], *parse_method_spec(spec))
     warn_if_busy(args)
     table = bench(
         args.tasks,

@@ -103,17 +103,14 @@ def handle_run(args: argparse.Namespace) -> int:
     env = env_from(args)
     options = WorkerOptions(
         storage=_storage(args, spec),
-        tracking_uri=env.tracking_uri,
-        data_dir=str(env.data_dir),
-        device=env.device,
-        experiment=env.experiment,
+        env=env,
         max_time=args.max_time,
         since=dt.datetime.fromisoformat(args.since) if args.since else dt.datetime.now(),
         threads=args.threads,
         progress=not args.no_progress and args.workers == 1 and args.worker_index is None,
         label="campaign" if args.worker_index is None else f"worker {args.worker_index}",
     )
-    check_separate_databases(options.tracking_uri, options.storage)
+    check_separate_databases(options.env.tracking_uri, options.storage)
     try:
         return _run(spec, rows, options, args)
     except KeyboardInterrupt:

@@ -72,10 +72,7 @@ def handle_reproduce(args: argparse.Namespace) -> int:
         ReproduceRequest(
             folder=folder,
             only=tuple(args.only),
-            device=env.device,
-            data_dir=str(env.data_dir),
-            tracking_uri=env.tracking_uri,
-            experiment=env.experiment,
+            env=env,
             progress=not args.no_progress,
         )
     )
@@ -126,10 +123,7 @@ def replay_row(args: argparse.Namespace) -> int:
             task=rec.task,
             method=rec.method,
             overrides=plan.overrides,
-            device=env.device,
-            data_dir=str(env.data_dir),
-            tracking_uri=env.tracking_uri,
-            experiment=env.experiment,
+            env=env,
             init_from=plan.init_from,
             progress=not args.no_progress,
             tags=replay_tags(plan, folder),

@@ -89,10 +89,7 @@ def handle(args: argparse.Namespace) -> int:
     if args.show and files:
         return show_spec(files[0])
     spec = _spec(args, files[0] if files else None)
-    from sparsebench.sweep.runs import SweepEnv
-
-    where = env_from(args)  # resolved once: the workers get this very store
-    env = SweepEnv(where.tracking_uri, where.experiment, str(where.data_dir), where.device)
+    env = env_from(args)  # resolved once: the workers get this very store
     if status:
         return show_status(spec, env, args.json)
     if args.scaling:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sparsebench.env import Env
 from sparsebench.errors import ConfigError
 from sparsebench.report.manifest import MANIFEST, manifest_runs, read_manifest
 
@@ -70,11 +71,8 @@ class Replayed:
 @dataclass
 class ReproduceRequest:
     folder: Path
+    env: Env
     only: tuple[str, ...] = ()
-    device: str = "auto"
-    data_dir: str | None = None
-    tracking_uri: str | None = None
-    experiment: str = "sparsebench"
     progress: bool = True
     extra_tags: dict[str, str] = field(default_factory=dict)
 
@@ -96,10 +94,7 @@ def reproduce(request: ReproduceRequest) -> list[Replayed]:
                 task=entry["task"],
                 method=entry["method"],
                 overrides=entry["overrides"],
-                device=request.device,
-                data_dir=request.data_dir,
-                tracking_uri=request.tracking_uri,
-                experiment=request.experiment,
+                env=request.env,
                 init_from=parent or None,
                 progress=request.progress,
                 tags={

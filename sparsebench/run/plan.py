@@ -10,11 +10,11 @@ from typing import Any
 import torch
 
 from sparsebench.config import TrainConfig, apply_overrides, check_ranges, flatten
+from sparsebench.env import Env
 from sparsebench.errors import ConfigError
 from sparsebench.method import SparsityMethod
 from sparsebench.registry import METHODS, TASKS
 from sparsebench.task import Task, resolve_recipe
-from sparsebench.tracking import EXPERIMENT
 
 
 @dataclass
@@ -24,10 +24,8 @@ class RunRequest:
     task: str
     method: str
     overrides: dict[str, Any] = field(default_factory=dict)
-    device: str = "auto"
-    data_dir: str | None = None
-    tracking_uri: str | None = None
-    experiment: str = EXPERIMENT
+    env: Env = field(default_factory=Env.resolve)
+    """Device, data, tracking store, experiment and checkpoint folder, resolved once by the command."""
     resume: str | None = None
     init_from: str | None = None
     stop_after: int | None = None

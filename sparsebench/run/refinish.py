@@ -12,7 +12,6 @@ from typing import Any
 
 import torch
 
-from sparsebench.data.paths import data_root
 from sparsebench.errors import ConfigError
 from sparsebench.record import RECORD_NAME, RunRecord
 from sparsebench.run import checkpoint
@@ -20,7 +19,7 @@ from sparsebench.run.finish import RecordSource, finish, user_tags
 from sparsebench.run.loop import place_model
 from sparsebench.run.plan import RunRequest, RunResult, configure_cpu, plan_run, resolve_device
 from sparsebench.run.train import log_dataset
-from sparsebench.tracking import ArtifactReader, Tracker, environment, open_store, resolve_run_id, run_tags
+from sparsebench.tracking import ArtifactReader, Tracker, environment, resolve_run_id, run_tags
 
 
 def refinish(request: RunRequest, source: str) -> RunResult:
@@ -29,13 +28,13 @@ def refinish(request: RunRequest, source: str) -> RunResult:
     The new run carries the source's config and its tags (study, init_from, ...); reports then
     show it in place of the source.
     """
-    store = open_store(request.tracking_uri)
+    store = request.env.store
     source = resolve_run_id(store, source, "--refinish")
     source_tags = run_tags(store, source)
     trained, tags = source, source_tags  # a re-finished run has no checkpoint: use its training run's
     while parent := tags.get("refinished_from"):
         trained, tags = parent, run_tags(store, parent)
-    ckpt = checkpoint.load(trained, checkpoint.checkpoint_root(store.uri))
+    ckpt = checkpoint.load(trained, request.env.checkpoint_root)
     plan = plan_run(ckpt["task"], ckpt["method"], ckpt["config"])
     task, method, cfg = plan.task, plan.method, plan.train
     if ckpt["epoch"] < cfg.epochs:
@@ -43,16 +42,16 @@ def refinish(request: RunRequest, source: str) -> RunResult:
             f"run {source} stopped after epoch {ckpt['epoch']} of {cfg.epochs}; "
             f"finish its training first: sparsebench run --resume {source}"
         )
-    device = resolve_device(request.device)
+    device = resolve_device(request.env.device)
     configure_cpu(cfg.threads)
-    splits = task.load_data(data_root(request.data_dir), device, cfg.val_size)
+    splits = task.load_data(request.env.data_dir, device, cfg.val_size)
     torch.manual_seed(cfg.seed)
     model = place_model(method.convert(task.build_model()), device)
     model.load_state_dict(ckpt["model"])
     inherited = source_purpose(store, source, source_tags)
     tracker = Tracker.open(
         store,
-        request.experiment,
+        request.env.experiment,
         tags={**inherited, **request.tags, "refinished_from": source},
         run_name=f"{task.name}-{method.name}-refinished",
     )
@@ -62,7 +61,7 @@ def refinish(request: RunRequest, source: str) -> RunResult:
     log_dataset(tracker, task, splits)
     tracker.copy_curves(source)
     try:
-        return finish(plan, model, splits, tracker, device, RecordSource(data_root(request.data_dir)))
+        return finish(plan, model, splits, tracker, device, RecordSource(request.env.data_dir))
     except BaseException:
         tracker.finish("FAILED")
         raise

@@ -17,7 +17,6 @@ import torch
 
 from sparsebench import record
 from sparsebench.config import flatten
-from sparsebench.data.paths import data_root
 from sparsebench.errors import ConfigError, RunNotFoundError, TrainingDivergedError
 from sparsebench.run import checkpoint
 from sparsebench.run.finish import RecordSource, finish
@@ -44,9 +43,7 @@ from sparsebench.tracking import (
     Tracker,
     environment,
     load_exported_file,
-    open_store,
     resolve_run_id,
-    resolve_uri,
 )
 
 COMPILE_MIN_STEPS = 5000
@@ -80,10 +77,9 @@ def train(request: RunRequest) -> RunResult:
     The run's lock is held from before its checkpoint is read until it stops, so a second process
     cannot train the same run; a finished run's checkpoint is deleted unless ``keep_checkpoint``.
     """
-    # Resolved once: every later step of the run uses this store (opened when the run is opened,
-    # after the request was checked, so a bad setting leaves no new store behind).
-    request = replace(request, tracking_uri=resolve_uri(request.tracking_uri))
-    root = checkpoint.checkpoint_root(request.tracking_uri)
+    # The request's Env resolved the store once: every later step of the run uses it (opened when
+    # the run is opened, after the request was checked, so a bad setting leaves no new store behind).
+    root = request.env.checkpoint_root
     checkpoint.probe_writable(root, "checkpoint folder")
     if request.record_path is not None:
         record.probe_target(Path(request.record_path))
@@ -229,13 +225,13 @@ def open_session(request: RunRequest, root: Path) -> Session:
     else:
         plan = plan_run(request.task, request.method, request.overrides)
     task, method, cfg = plan.task, plan.method, plan.train
-    device = resolve_device(request.device)
+    device = resolve_device(request.env.device)
     configure_cpu(cfg.threads)
-    splits = task.load_data(data_root(request.data_dir), device, cfg.val_size)
+    splits = task.load_data(request.env.data_dir, device, cfg.val_size)
     torch.manual_seed(cfg.seed)
     model = task.build_model()
     if request.init_from:
-        load_init(model, request.init_from, request.tracking_uri)
+        load_init(model, request.init_from, request.env.tracking_uri)
     if (reason := method.not_applicable(model)) is not None:
         raise ConfigError(f"{method.name} does not apply to {task.name}: {reason}")
     model = place_model(method.convert(model), device)
@@ -266,19 +262,19 @@ def open_session(request: RunRequest, root: Path) -> Session:
     ):
         method.enable_compile(model)
     progress = _progress(request.progress, cfg.epochs * steps_per_epoch, step, f"{task.name} {method.name}")
-    source = RecordSource(data_root(request.data_dir))
+    source = RecordSource(request.env.data_dir)
     return Session(plan, trainer, splits, tracker, generator, start_epoch, step, progress, root, source)
 
 
 def open_tracker(request: RunRequest, plan: Plan, device: torch.device, root: Path, resumed: bool) -> Tracker:
     """Re-open the run being resumed, or start a new one with its full configuration as params."""
     if resumed:
-        tracker = Tracker.open(request.tracking_uri, request.experiment, run_id=request.resume, resume=True)
+        tracker = Tracker.open(request.env.store, request.env.experiment, run_id=request.resume, resume=True)
     else:
         task, method = plan.task, plan.method
         tracker = Tracker.open(
-            request.tracking_uri,
-            request.experiment,
+            request.env.store,
+            request.env.experiment,
             tags={"task": task.name, "method": method.name, **request.tags},
             run_name=request.run_name or f"{task.name}-{method.name}",
             parent_run_id=request.parent_run_id,
@@ -328,7 +324,7 @@ def with_full_run_ids(request: RunRequest, root: Path) -> RunRequest:
     if request.resume:
         request = replace(request, resume=checkpoint.full_run_id(request.resume, root))
     if request.init_from and not request.init_from.endswith(record.MODEL_SUFFIX):
-        store = open_store(request.tracking_uri)
+        store = request.env.store
         request = replace(request, init_from=resolve_run_id(store, request.init_from, "--init-from"))
     return request
 

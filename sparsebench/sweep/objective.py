@@ -17,11 +17,12 @@ from typing import Any, TextIO
 import optuna
 from optuna.trial import TrialState
 
+from sparsebench.env import Env
 from sparsebench.errors import TrainingDivergedError
 from sparsebench.run.plan import RunRequest, RunResult
 from sparsebench.run.train import train
 from sparsebench.sweep.components import prunable
-from sparsebench.sweep.runs import SweepEnv, close_runs, trial_runs
+from sparsebench.sweep.runs import close_runs, trial_runs
 from sparsebench.sweep.spec import SweepSpec
 from sparsebench.sweep.study import BudgetTaken, uses_budget, worker_id
 from sparsebench.tracking import Tracker
@@ -38,7 +39,7 @@ class TrialObjective:
     expected_failures = (TrainingDivergedError, BudgetTaken)
     """Failures that end one trial, not the sweep (optuna marks the trial FAIL and goes on)."""
 
-    def __init__(self, spec: SweepSpec, env: SweepEnv, parent_run_id: str, key: str) -> None:
+    def __init__(self, spec: SweepSpec, env: Env, parent_run_id: str, key: str) -> None:
         self.spec, self.env, self.parent_run_id, self.key = spec, env, parent_run_id, key
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
@@ -121,10 +122,7 @@ class TrialObjective:
             task=self.spec.task,
             method=self.spec.method,
             overrides={**overrides, "train.seed": seed},
-            device=self.env.device,
-            data_dir=self.env.data_dir,
-            tracking_uri=self.env.tracking_uri,
-            experiment=self.env.experiment,
+            env=self.env,
             progress=False,
             parent_run_id=parent,
             run_name=name,

@@ -7,33 +7,19 @@ runs its dead worker left open.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import optuna
 import yaml
 
+from sparsebench.env import Env
 from sparsebench.sweep.spec import SweepSpec, public_dict
 from sparsebench.sweep.storage import storage_url, sweep_key
 from sparsebench.sweep.study import best_trials, progress
-from sparsebench.tracking import EXPERIMENT, Tracker, mask_uri, open_store, resolve_uri
+from sparsebench.tracking import Tracker, mask_uri, open_store
 
 
-@dataclass(frozen=True)
-class SweepEnv:
-    """Where trials run and log; one spec runs unchanged on a laptop or a GPU cluster."""
-
-    tracking_uri: str | None = None
-    experiment: str = EXPERIMENT
-    data_dir: str | None = None
-    device: str = "auto"
-
-    @property
-    def mlflow_uri(self) -> str:
-        return resolve_uri(self.tracking_uri)
-
-
-def trial_runs(env: SweepEnv, key: str, number: int, seed: int | None = None) -> list[Any]:
+def trial_runs(env: Env, key: str, number: int, seed: int | None = None) -> list[Any]:
     """The MLflow runs of one trial (the trial run and its seed runs), found by their tags."""
     store = open_store(env.tracking_uri)
     experiment_id = store.experiment_id(env.experiment, create=False)
@@ -45,7 +31,7 @@ def trial_runs(env: SweepEnv, key: str, number: int, seed: int | None = None) ->
     return store.client.search_runs([experiment_id], filter_string=query)
 
 
-def close_runs(env: SweepEnv, runs: list[Any], status: str, tags: dict[str, str]) -> None:
+def close_runs(env: Env, runs: list[Any], status: str, tags: dict[str, str]) -> None:
     """Tag MLflow runs and set their final status (what the runner could not know: pruned, lost)."""
     store = open_store(env.tracking_uri)
     for run in runs:
@@ -54,7 +40,7 @@ def close_runs(env: SweepEnv, runs: list[Any], status: str, tags: dict[str, str]
         tracker.finish(status)
 
 
-def ensure_parent_run(spec: SweepSpec, env: SweepEnv) -> str:
+def ensure_parent_run(spec: SweepSpec, env: Env) -> str:
     """The sweep's MLflow run (found by tag, so every worker on every machine shares it)."""
     store = open_store(env.tracking_uri)
     client = store.client
@@ -87,7 +73,7 @@ def ensure_parent_run(spec: SweepSpec, env: SweepEnv) -> str:
     return parent.info.run_id
 
 
-def find_parent_run(spec: SweepSpec, env: SweepEnv) -> str | None:
+def find_parent_run(spec: SweepSpec, env: Env) -> str | None:
     """The sweep's MLflow run id in this tracking store, without creating one."""
     store = open_store(env.tracking_uri)
     experiment_id = store.experiment_id(env.experiment, create=False)
@@ -95,7 +81,7 @@ def find_parent_run(spec: SweepSpec, env: SweepEnv) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
-def close_parent_run(spec: SweepSpec, env: SweepEnv, study: optuna.Study) -> None:
+def close_parent_run(spec: SweepSpec, env: Env, study: optuna.Study) -> None:
     """Log the outcome on the sweep run: counts and the selected trials (validation only)."""
     run_id = find_parent_run(spec, env)
     if run_id is None:

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from sparsebench.env import Env
 from sparsebench.errors import ConfigError
-from sparsebench.sweep.runs import SweepEnv
 from sparsebench.sweep.spec import SweepSpec
 from sparsebench.sweep.workers import run_sweep
 
 
-def measure_scaling(spec: SweepSpec, env: SweepEnv, worker_counts: list[int]) -> pd.DataFrame:
+def measure_scaling(spec: SweepSpec, env: Env, worker_counts: list[int]) -> pd.DataFrame:
     """One row per worker count: trials finished, wall seconds, trials/hour and the ratio to the first."""
     if not worker_counts or any(n < 1 for n in worker_counts):
         raise ConfigError(f"--scaling needs worker counts of at least 1, got {worker_counts}")

@@ -13,14 +13,15 @@ from typing import Any
 
 import optuna
 
-from sparsebench.sweep.runs import SweepEnv, find_parent_run
+from sparsebench.env import Env
+from sparsebench.sweep.runs import find_parent_run
 from sparsebench.sweep.spec import SweepSpec
 from sparsebench.sweep.storage import storage_url
 from sparsebench.sweep.study import best_trials, load_existing_study, progress
 from sparsebench.tracking import mask_uri
 
 
-def status_report(spec: SweepSpec, env: SweepEnv) -> dict[str, Any]:
+def status_report(spec: SweepSpec, env: Env) -> dict[str, Any]:
     """Everything ``sweep status`` shows, as plain data (``--json`` prints it as it is)."""
     study = load_existing_study(spec)
     names = [o.metric for o in spec.objectives]
@@ -52,7 +53,7 @@ def status_report(spec: SweepSpec, env: SweepEnv) -> dict[str, Any]:
         "best": best,
         "failures": failures,
         "mlflow_parent_run_id": find_parent_run(spec, env),
-        **links(storage_url(spec), env.mlflow_uri),
+        **links(storage_url(spec), env.tracking_uri),
     }
 
 

@@ -21,9 +21,10 @@ from pathlib import Path
 import optuna
 import yaml
 
+from sparsebench.env import Env
 from sparsebench.errors import ConfigError
 from sparsebench.sweep.objective import TrialObjective
-from sparsebench.sweep.runs import SweepEnv, close_parent_run, ensure_parent_run
+from sparsebench.sweep.runs import close_parent_run, ensure_parent_run
 from sparsebench.sweep.spec import SweepSpec
 from sparsebench.sweep.storage import is_rdb, open_storage, quiet, storage_url, sweep_key
 from sparsebench.sweep.study import open_study, progress, reclaim_orphans
@@ -32,7 +33,7 @@ TRACKING_URI_VARIABLE = "MLFLOW_TRACKING_URI"
 """How a worker process learns the tracking URI: the environment, since argv is visible in ``ps``."""
 
 
-def run_worker(spec: SweepSpec, env: SweepEnv, worker_index: int = 0) -> optuna.Study:
+def run_worker(spec: SweepSpec, env: Env, worker_index: int = 0) -> optuna.Study:
     """Run trials until the study has ``n_trials`` (or the timeout passes); safe to run many at once.
 
     A worker keeps going while a retried trial waits, and with a heartbeat it also waits for
@@ -66,7 +67,7 @@ def run_worker(spec: SweepSpec, env: SweepEnv, worker_index: int = 0) -> optuna.
     return study
 
 
-def run_sweep(spec: SweepSpec, env: SweepEnv, workers: int = 1) -> tuple[optuna.Study, list[int]]:
+def run_sweep(spec: SweepSpec, env: Env, workers: int = 1) -> tuple[optuna.Study, list[int]]:
     """Create or resume the study and run ``workers`` worker processes on it.
 
     Returns the study and the exit codes of the worker processes (empty for one in-process worker;
@@ -102,7 +103,7 @@ def run_sweep(spec: SweepSpec, env: SweepEnv, workers: int = 1) -> tuple[optuna.
     return open_study(spec, open_storage(spec)), codes
 
 
-def worker_command(spec_path: Path, env: SweepEnv, index: int) -> list[str]:
+def worker_command(spec_path: Path, env: Env, index: int) -> list[str]:
     """The command line of worker ``index``: nothing secret, since any user can read it in ``ps``."""
     command = [
         sys.executable,
@@ -112,17 +113,15 @@ def worker_command(spec_path: Path, env: SweepEnv, index: int) -> list[str]:
         "--worker-index",
         str(index),
     ]
-    command += ["--experiment", env.experiment, "--device", env.device]
-    if env.data_dir:
-        command += ["--data-dir", env.data_dir]
+    command += ["--experiment", env.experiment, "--device", env.device, "--data-dir", str(env.data_dir)]
     return command
 
 
-def worker_environment(env: SweepEnv, gpus: list[str], index: int) -> dict[str, str]:
+def worker_environment(env: Env, gpus: list[str], index: int) -> dict[str, str]:
     """The environment of worker ``index``: the parent's, its GPU, and the tracking URI (which may
     carry a password, so it travels here rather than in argv)."""
     child = dict(os.environ)
-    child[TRACKING_URI_VARIABLE] = env.mlflow_uri
+    child[TRACKING_URI_VARIABLE] = env.tracking_uri
     if gpus:
         child["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
     return child

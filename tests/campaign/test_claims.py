@@ -11,6 +11,7 @@ import pytest
 from sparsebench.campaign import queue
 from sparsebench.campaign.spec import load_campaign
 from sparsebench.campaign.worker import CellObjective, CellSkipped, WorkerOptions, WorkerSummary, take_one
+from sparsebench.env import Env
 from tests.campaign import write_campaign
 
 
@@ -34,7 +35,7 @@ def test_only_the_first_claim_of_a_trial_wins(handed_twice) -> None:  # noqa: AN
 def test_the_second_holder_waits_for_the_first_then_lets_the_trial_be(tmp_path: Path, handed_twice) -> None:  # noqa: ANN001
     url, study, first, second = handed_twice
     spec = load_campaign(write_campaign(tmp_path))
-    options = WorkerOptions(storage=url, tracking_uri="unused", poll=0.05, progress=False)
+    options = WorkerOptions(storage=url, env=Env.resolve(tracking_uri="unused"), poll=0.05, progress=False)
     objective = CellObjective(spec, options, WorkerSummary(), set(), {"dense"})
     assert queue.claim(url, first)
     outcome: list[BaseException] = []

@@ -20,6 +20,7 @@ from scipy import integrate, stats
 from torch import nn
 
 from sparsebench.config import apply_overrides
+from sparsebench.env import Env
 from sparsebench.errors import ConfigError
 from sparsebench.measure.counts import check_export, layer_table, summarize
 from sparsebench.method import StepContext
@@ -440,9 +441,7 @@ def test_one_epoch_through_the_runner_gives_a_dense_row(mnist_dir, tracking_uri:
             "lenet300_100",
             "variational_dropout",
             overrides,
-            device="cpu",
-            data_dir=str(mnist_dir),
-            tracking_uri=tracking_uri,
+            env=Env.resolve(tracking_uri=tracking_uri, data_dir=str(mnist_dir), device="cpu"),
             progress=False,
         )
     )

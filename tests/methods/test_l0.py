@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from sparsebench.env import Env
 from sparsebench.errors import ConfigError
 from sparsebench.method import StepContext
 from sparsebench.methods.l0 import gates
@@ -296,9 +297,7 @@ def test_a_short_run_prunes_and_the_core_counts_the_closed_gates(
         "lenet300_100",
         "l0",
         overrides,
-        device="cpu",
-        data_dir=str(mnist_dir),
-        tracking_uri=tracking_uri,
+        env=Env.resolve(tracking_uri=tracking_uri, data_dir=str(mnist_dir), device="cpu"),
         progress=False,
     )
     result = train(request)

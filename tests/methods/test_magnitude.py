@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from sparsebench.config import apply_overrides
+from sparsebench.env import Env
 from sparsebench.errors import ConfigError
 from sparsebench.method import StepContext
 from sparsebench.methods.magnitude import (
@@ -311,7 +312,8 @@ def test_search_space_proposes_valid_overrides() -> None:
 def test_resumed_run_keeps_masks_and_ends_identical(mnist_dir: Path, tracking_uri: str) -> None:
     # 1000 training examples / batch 100 = 10 steps per epoch; 4 epochs: updates after 4, 14, 24 steps.
     overrides = {"train.epochs": 4, "train.val_size": 200, "method.sparsity": 0.8, "train.threads": 1}
-    common = dict(task="lenet300_100", method="magnitude", data_dir=str(mnist_dir), tracking_uri=tracking_uri)
+    env = Env.resolve(tracking_uri=tracking_uri, data_dir=mnist_dir)
+    common = dict(task="lenet300_100", method="magnitude", env=env)
     full = train(RunRequest(**common, overrides=overrides, progress=False, keep_checkpoint=True))
     paused = train(RunRequest(**common, overrides=overrides, progress=False, stop_after=2))
     assert paused.status == "PAUSED"
@@ -321,8 +323,7 @@ def test_resumed_run_keeps_masks_and_ends_identical(mnist_dir: Path, tracking_ur
         RunRequest(
             task="",
             method="",
-            tracking_uri=tracking_uri,
-            data_dir=str(mnist_dir),
+            env=env,
             resume=paused.run_id,
             progress=False,
             keep_checkpoint=True,

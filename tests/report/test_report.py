@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import sparsebench.cli as cli
+from sparsebench.env import Env
 from sparsebench.report.reproduce import REPRODUCTION_TAG
 from sparsebench.report.select import REPORT_EXPERIMENT, NoMatchingRunsError, Selection, load_runs
 from sparsebench.run.plan import RunRequest
@@ -61,9 +62,7 @@ def store(
                         "lenet300_100",
                         method,
                         overrides,
-                        device="cpu",
-                        data_dir=str(mnist_dir),
-                        tracking_uri=uri,
+                        env=Env.resolve(tracking_uri=uri, data_dir=str(mnist_dir), device="cpu"),
                         progress=False,
                         tags={"campaign": "tiny"},
                     )
@@ -281,10 +280,7 @@ def test_sweep_selection_takes_the_trials_of_one_parent(store, mnist_dir: Path) 
             "lenet300_100",
             "dense",
             {"train.epochs": 1, "train.val_size": 200},
-            device="cpu",
-            data_dir=str(mnist_dir),
-            tracking_uri=uri,
-            experiment="sweeps",
+            env=Env.resolve(tracking_uri=uri, data_dir=str(mnist_dir), device="cpu", experiment="sweeps"),
             progress=False,
             parent_run_id=parent.run_id,
         )

@@ -14,10 +14,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
+from sparsebench.env import Env
 from sparsebench.run.plan import RunResult
 from sparsebench.sweep import objective, workers
 from sparsebench.sweep.objective import TrialObjective
-from sparsebench.sweep.runs import SweepEnv
 from sparsebench.sweep.spec import spec_from_dict
 from sparsebench.sweep.study import Progress, best_trials, progress
 from tests.sweeps import (
@@ -334,7 +334,7 @@ def test_of_two_trials_started_together_for_the_last_slot_the_later_steps_back()
     spec = spec_from_dict({"task": "lenet300_100", "method": "random", "n_trials": 1})
     study = optuna.create_study(storage=optuna.storages.InMemoryStorage())
     study.ask()  # trial 0: another worker took the only slot a moment earlier
-    trial_objective = TrialObjective(spec, SweepEnv(), "no-parent", "no-key")
+    trial_objective = TrialObjective(spec, Env.resolve(), "no-parent", "no-key")
     study.optimize(trial_objective, n_trials=1, catch=trial_objective.expected_failures)
     late = study.trials[1]
     assert late.state == TrialState.FAIL and "skipped" in late.user_attrs and not late.params

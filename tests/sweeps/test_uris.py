@@ -8,8 +8,8 @@ from pathlib import Path
 import optuna
 import pytest
 
+from sparsebench.env import Env
 from sparsebench.sweep import status, workers
-from sparsebench.sweep.runs import SweepEnv
 from sparsebench.sweep.spec import load_spec, public_dict
 from sparsebench.tracking import mask_uri
 from tests.sweeps import mlflow_store, sweep_cli, write_spec  # noqa: F401 - a fixture
@@ -95,7 +95,8 @@ def test_workers_get_the_tracking_uri_from_the_environment_not_argv(
     spec = load_spec(write_spec(tmp_path, storage=str(tmp_path / "journal.log")))
     monkeypatch.setattr(workers.subprocess, "Popen", FakeProcess)
     FakeProcess.started = []
-    workers.run_sweep(spec, SweepEnv(mlflow_store, "argv", device="cpu"), workers=2)
+    env = Env.resolve(tracking_uri=mlflow_store, experiment="argv", device="cpu")
+    workers.run_sweep(spec, env, workers=2)
     assert len(FakeProcess.started) == 2
     for command, env in FakeProcess.started:
         assert not any(mlflow_store in word or "sqlite" in word for word in command)  # `ps` shows argv
@@ -105,4 +106,4 @@ def test_workers_get_the_tracking_uri_from_the_environment_not_argv(
 
 def test_a_worker_reads_the_tracking_uri_from_its_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(workers.TRACKING_URI_VARIABLE, "sqlite:////elsewhere/mlflow.db")
-    assert SweepEnv().mlflow_uri == "sqlite:////elsewhere/mlflow.db"
+    assert Env.resolve().tracking_uri == "sqlite:////elsewhere/mlflow.db"

@@ -16,6 +16,7 @@ import torch
 
 from sparsebench.data import augment, cifar
 from sparsebench.data.cifar import SPECS, download_cifar, load_cifar
+from sparsebench.env import Env
 from sparsebench.errors import ConfigError, DataError
 from sparsebench.measure.counts import WEIGHT_LAYERS, layer_table, weight_tensors
 from sparsebench.registry import METHODS
@@ -349,8 +350,7 @@ def test_every_method_trains_on_vgg_like_or_says_why_not(
                 "train.val_size": 8,
                 "train.eval_batch_size": 64,
             },
-            data_dir=str(cifar_root),
-            tracking_uri=shared_tracking,
+            env=Env.resolve(tracking_uri=shared_tracking, data_dir=str(cifar_root)),
             progress=False,
         )
     )

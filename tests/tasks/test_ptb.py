@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from sparsebench.data.ptb import EOS, TokenBatches, build_vocabulary, load_ptb, read_words
+from sparsebench.env import Env
 from sparsebench.errors import DataError
 from sparsebench.measure.counts import WEIGHT_LAYERS, weight_tensors
 from sparsebench.registry import METHODS
@@ -288,8 +289,7 @@ def test_every_method_trains_on_ptb_lstm_or_says_why_not(
             task="ptb_lstm",
             method=method_name,
             overrides=overrides,
-            data_dir=str(ptb_root),
-            tracking_uri=shared_tracking,
+            env=Env.resolve(tracking_uri=shared_tracking, data_dir=str(ptb_root)),
             progress=False,
         )
     )
