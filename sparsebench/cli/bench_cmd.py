@@ -59,12 +59,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     shared.add_argument("--backends", nargs="+", choices=["torch", "scipy"], default=["torch", "scipy"])
     shared.add_argument("--out", help="--break-even: also write the full sweep to this CSV file")
     training = p.add_argument_group("--train")
-    training.add_argument(
-        "--methods",
-        nargs="+",
-        default=["dense", "sparse_vd"],
-        help="method names, or NAME:KEY=VALUE,... for a method with its own settings (l0:granularity=weight)",
-    )
+    variants = "method names, or NAME:KEY=VALUE,... with settings of its own (l0:granularity=weight)"
+    training.add_argument("--methods", nargs="+", default=["dense", "sparse_vd"], help=variants)
     training.add_argument(
         "--steps", type=int, default=200, help="timed optimiser steps per method, split across --rounds"
     )
