@@ -11,10 +11,12 @@ right after.
 from __future__ import annotations
 
 import contextlib
+import functools
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
+from typing import Any
 
 HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -47,6 +49,7 @@ def interrupts_held() -> Iterator[None]:
 
     Delivery re-raises the signal under the handlers the block found, so whatever they do (raise
     ``KeyboardInterrupt``, end the process by default) happens right after the block, never inside it.
+    Ctrl-C pressed a second time (on a store that hangs) stops the block at once.
     """
     if not _in_main_thread():
         yield
@@ -54,14 +57,32 @@ def interrupts_held() -> Iterator[None]:
     received: list[int] = []
 
     def hold(signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGINT and signum in received:
+            raise KeyboardInterrupt
         received.append(signum)
 
-    previous = {number: signal.signal(number, hold) for number in HELD_SIGNALS}
+    previous: dict[int, Any] = {}
     try:
+        for number in HELD_SIGNALS:  # inside the try: a signal pending here still gets undone
+            previous[number] = signal.signal(number, hold)
         yield
     finally:
-        for number, handler in previous.items():
-            # None: a handler installed outside Python; the default is the closest we can restore.
-            signal.signal(number, signal.SIG_DFL if handler is None else handler)
-        for number in dict.fromkeys(received):
-            signal.raise_signal(number)
+        restores = [functools.partial(_restore, number, handler) for number, handler in previous.items()]
+        deliveries = [functools.partial(signal.raise_signal, number) for number in dict.fromkeys(received)]
+        _each_despite_interrupts([*restores, *deliveries])
+
+
+def _restore(number: int, handler: Any) -> None:
+    """Put ``handler`` back; None (one installed outside Python) becomes the default, the closest."""
+    signal.signal(number, signal.SIG_DFL if handler is None else handler)
+
+
+def _each_despite_interrupts(steps: list[Callable[[], object]]) -> None:
+    """Run every step even when one raises (``signal.signal`` runs pending handlers first, and one of
+    them may raise ``KeyboardInterrupt``): a handler left as ``hold`` would swallow every later Ctrl-C."""
+    if not steps:
+        return
+    try:
+        steps[0]()
+    finally:
+        _each_despite_interrupts(steps[1:])

@@ -121,8 +121,8 @@ def test_a_method_variant_is_timed_beside_its_default(monkeypatch) -> None:
         ["lenet300_100"], ["dense", "l0", "l0: granularity=weight, lam=2"], CPU, steps=2, warmup=1,
         num_train=300, compile_kernels=False, breakdown=False, rounds=2,
     )  # fmt: skip
-    assert list(table.method) == ["dense", "l0", "l0: granularity=weight, lam=2"]
-    assert granularity == {"dense": "", "l0": "group", "l0: granularity=weight, lam=2": "weight"}
+    assert list(table.method) == ["dense", "l0", "l0:granularity=weight,lam=2"]  # spaces dropped
+    assert granularity == {"dense": "", "l0": "group", "l0:granularity=weight,lam=2": "weight"}
 
 
 def test_a_setting_the_method_lacks_is_refused_before_timing() -> None:
@@ -132,3 +132,5 @@ def test_a_setting_the_method_lacks_is_refused_before_timing() -> None:
         TrainingLoop("lenet300_100", "sparse_vd:granularity=weight", None, CPU, False)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="--methods expects key=value"):
         train_bench.parse_method_spec("l0:weight")
+    with pytest.raises(ConfigError, match="sets lam twice"):
+        train_bench.parse_method_spec("l0:lam=1,lam=2")

@@ -11,6 +11,7 @@ the tests hold against the reference formulas of ``gates``.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -27,7 +28,16 @@ LOG_GAMMA_OVER_ZETA = math.log(-gates.GAMMA / gates.ZETA)
 def _scalars(like: torch.Tensor, *values: float) -> list[torch.Tensor]:
     """Settings as 0-d tensors: a Python float would be baked into the compiled graph, one compile
     per value (a sweep over lambda would recompile at every trial and soon hit the limit)."""
-    return [torch.tensor(v, device=like.device, dtype=like.dtype) for v in values]
+    return [_scalar(value, like.device, like.dtype) for value in values]
+
+
+@functools.lru_cache(maxsize=256)
+def _scalar(value: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """One 0-d tensor per setting and device, made once: on a GPU each new one is a blocking copy.
+
+    Read-only: the nodes only multiply by it.
+    """
+    return torch.tensor(value, device=device, dtype=dtype)
 
 
 def gated_weight_and_slope(

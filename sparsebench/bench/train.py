@@ -33,6 +33,7 @@ import torch
 
 from sparsebench.config import parse_assignment
 from sparsebench.data.tensors import TensorBatches
+from sparsebench.errors import ConfigError
 from sparsebench.registry import METHODS, TASKS
 from sparsebench.run.loop import Trainer, build_optimizer, place_model
 from sparsebench.run.plan import plan_run
@@ -111,20 +112,25 @@ def _quiet_native_stderr() -> Iterator[None]:
 def parse_method_spec(spec: str) -> tuple[str, dict[str, str]]:
     """``NAME`` or ``NAME:KEY=VALUE,...``: a method and settings of its own (``method.KEY``).
 
-    So one benchmark can time a method's variants side by side (``l0:granularity=weight``).
+    So one benchmark can time a method's variants side by side (``l0:granularity=weight``). Values
+    cannot hold commas (a list option is set with ``--set`` in a real run instead).
     """
     name, _, settings = spec.partition(":")
-    overrides = {}
+    overrides: dict[str, str] = {}
     for text in filter(None, (part.strip() for part in settings.split(","))):
         key, value = parse_assignment(text, "--methods", example="l0:granularity=weight")
+        if f"method.{key}" in overrides:
+            raise ConfigError(f"--methods {spec!r} sets {key} twice; give each setting once")
         overrides[f"method.{key}"] = value
     return name.strip(), overrides
 
 
 def canonical_spec(spec: str) -> str:
-    """The spec with the method's registered name (``sparsevd`` -> ``sparse_vd``), settings unchanged."""
-    name, _, settings = spec.partition(":")
-    canonical = METHODS.get(name.strip()).name
+    """The spec as rows name it: the method's registered name (``sparsevd`` -> ``sparse_vd``) and
+    its settings without spaces, so two spellings of one variant are timed once."""
+    name, overrides = parse_method_spec(spec)
+    canonical = METHODS.get(name).name
+    settings = ",".join(f"{key.removeprefix('method.')}={value}" for key, value in overrides.items())
     return f"{canonical}:{settings}" if settings else canonical
 
 

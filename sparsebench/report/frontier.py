@@ -107,7 +107,7 @@ def error_vs_compression(
         pad=12,  # room for the outlier triangles on the top edge
     )
     _legend(fig, ax, bool(quoted), outliers)
-    shown = [(p.x, p.y) for p in every if p.y <= top]
+    shown = [(p.x, p.y) for p in every if p.y <= top and math.isfinite(p.x) and math.isfinite(p.y)]
     _place_labels(ax, [lab for lab in labels if lab[1] <= top], shown)
     return fig
 

@@ -143,8 +143,7 @@ class Tracker:
             tags["mlflow.source.git.commit"] = commit
         self.set_tags(tags)
 
-    @interrupts_held()
-    def log_model(
+    def log_model(  # its store calls hold interrupts; the export before them need not
         self, model: Any, example: Any, files: dict[str, Any], artifact_path: str = MODEL_FOLDER
     ) -> None:
         """The model as an ``mlflow.pytorch`` model, plus ``files`` (name -> object for ``torch.save``).

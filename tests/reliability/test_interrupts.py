@@ -63,3 +63,14 @@ def test_a_metric_write_interrupted_by_ctrl_c_is_whole(quick_tracking_uri: str) 
     client.log_batch = original  # type: ignore[method-assign]
     logged = client.get_run(tracker.run_id).data.metrics
     assert logged == {"val_metric": 1.5, "sparsity": 0.25}
+
+
+def test_ctrl_c_twice_stops_a_block_that_hangs() -> None:
+    """A store that never answers must not make the process deaf: the second Ctrl-C ends the block."""
+    finished = []
+    with pytest.raises(KeyboardInterrupt), interrupts_held():
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+        finished.append("the rest of the write")
+    assert finished == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
