@@ -58,3 +58,17 @@ def test_configure_cpu_sets_threads_only_when_asked() -> None:
     assert torch.get_num_threads() == before
     configure_cpu(1)
     assert torch.get_num_threads() == 1
+
+
+@pytest.mark.parametrize(
+    ("amp", "cpu_amp", "dtype"),
+    [(True, False, torch.float32), (True, True, torch.bfloat16), (False, True, torch.float32)],
+)
+def test_cpu_runs_stay_fp32_unless_cpu_amp_asks(amp: bool, cpu_amp: bool, dtype: torch.dtype) -> None:
+    """``train.amp`` alone is the CUDA setting; bf16 on a CPU needs ``train.cpu_amp`` as well."""
+    from sparsebench.run.loop import autocast
+
+    layer = torch.nn.Linear(8, 4)
+    with autocast(torch.device("cpu"), amp, cpu_amp):
+        out = layer(torch.randn(2, 8))
+    assert out.dtype == dtype

@@ -69,10 +69,13 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer
     )
 
 
-def autocast(device: torch.device, enabled: bool) -> AbstractContextManager[Any]:
-    """bf16 autocast on CUDA (matmuls and convolutions in bf16, reductions in fp32); off on CPU."""
+def autocast(device: torch.device, enabled: bool, on_cpu: bool = False) -> AbstractContextManager[Any]:
+    """bf16 autocast (matmuls and convolutions in bf16, reductions in fp32): on CUDA when ``enabled``,
+    on CPU only when ``on_cpu`` too, so a CPU run stays fp32 unless asked (``train.cpu_amp``)."""
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
+    if enabled and on_cpu and device.type == "cpu":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -152,7 +155,7 @@ class Trainer:
             group["lr"] = cfg.lr * lr_factor(cfg, ctx.epoch, ctx.step)
         with timed("data"):
             x = task.train_transform(x, generator)
-        with autocast(self.device, cfg.amp):
+        with autocast(self.device, cfg.amp, cfg.cpu_amp):
             with timed("forward"):
                 out = model(x)
                 loss = task.loss(out, y)
