@@ -42,11 +42,32 @@ class Palette:
         )
 
 
+BUILT_IN_COLOURS = {
+    "dense": 0,  # blue
+    "binary_dropout": 1,  # orange
+    "magnitude": 2,  # green
+    "sparse_vd": 3,  # vermilion
+    "group_nj": 4,  # purple
+    "random": 5,  # brown
+    "group_hs": 6,  # pink
+    "variational_dropout": 7,  # grey
+    "gaussian_dropout": 8,  # yellow
+    "l0": 9,  # sky blue
+}
+"""Each built-in method's entry of seaborn's colour-blind palette, fixed so that a method keeps its
+colour from one report to the next whatever other methods have records (the order used to follow
+the methods present, and a new row recoloured the README's figure). Neighbours on a figure get
+colours far apart: random's brown against group_nj's purple, not two oranges."""
+
+
 def palette(runs: pd.DataFrame) -> Palette:
-    """Colour-blind-safe colours by sorted method name; settings of one method run dark to light."""
+    """Colour-blind-safe colours fixed for built-in methods; other methods (plugins) take seaborn's
+    "dark" colours in name order; settings of one method run dark to light."""
     names = sorted(set(runs.method))
-    base = sns.color_palette("colorblind", max(10, len(names)))
-    colours = Palette({name: base[i % len(base)] for i, name in enumerate(names)})
+    built_in, dark = sns.color_palette("colorblind", 10), sns.color_palette("dark", 10)
+    others = [name for name in names if name not in BUILT_IN_COLOURS]
+    fixed = {name: built_in[index] for name, index in BUILT_IN_COLOURS.items() if name in names}
+    colours = Palette({**{name: dark[k % 10] for k, name in enumerate(others)}, **fixed})
     for method, group in runs.groupby("method"):
         settings = list(dict.fromkeys(group.setting))
         for setting, t in zip(

@@ -128,3 +128,17 @@ def test_a_crowded_paper_name_never_sits_nearer_another_marker() -> None:
     assert labels["sparse_vd"].arrow_patch is not None
     assert min(_distance(box, tuple(c)) for c in others) > 8  # clear of every other marker's dot
     assert labels["dense"].arrow_patch is None and labels["dense"].xyann == (0, 9)
+
+
+def test_a_method_keeps_its_colour_whatever_else_has_records() -> None:
+    """A new row (group_nj) must not recolour sparse_vd in the README figure; plugins get their own."""
+    import pandas as pd
+
+    def colours_of(methods: list[str]) -> dict[str, tuple[float, float, float]]:
+        runs = pd.DataFrame({"method": methods, "setting": ["default"] * len(methods)})
+        return figures.palette(runs).method
+
+    before = colours_of(["dense", "magnitude", "random", "sparse_vd"])
+    after = colours_of(["dense", "group_nj", "magnitude", "random", "sparse_vd", "my_plugin", "other_plugin"])
+    assert all(after[name] == before[name] for name in before)
+    assert len(set(after.values())) == len(after)  # every method its own colour, plugins included
