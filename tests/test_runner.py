@@ -326,6 +326,16 @@ def test_a_calibrated_run_reports_the_groups_of_the_exported_model(
     kept = sum(int(m.sum()) for m in exported["masks"].values())
     total = sum(m.numel() for m in exported["masks"].values())
     assert metrics["sparsity"] == pytest.approx(100.0 * (total - kept) / total)
+    # The record keeps what calibration chose, as logged: thresholds can be read without the store.
+    from sparsebench.record import RECORD_NAME, RunRecord
+    from sparsebench.tracking import ArtifactReader, open_store
+
+    text = ArtifactReader(open_store(quick_tracking_uri)).text(run_id, RECORD_NAME)
+    recorded = RunRecord.from_json(text, "the run's record").metrics
+    chosen = [key for key in metrics if key.startswith("calibration.threshold.")]
+    assert chosen and "calibration.shift" in recorded
+    for key in [*chosen, "calibration.shift"]:
+        assert recorded[key] == pytest.approx(metrics[key]), key
 
 
 @pytest.mark.usefixtures("no_curve")

@@ -41,13 +41,13 @@ def finish(
     task, method, cfg = plan.task, plan.method, plan.train
     model.eval()
     calibration = method.calibrate(model, lambda m: evaluate(task, m, splits.val, cfg.eval_batch_size))
+    calibrated = {f"calibration.{k}": v for k, v in calibration.items()}
     if calibration:
         # The last epoch's method metrics (kept groups, ...) and sparsity were measured with the
         # thresholds before calibration; log them again at the same step so the run's latest
         # values describe the model that is exported and tested.
         recount = {**method.epoch_metrics(model), "sparsity": current_sparsity(method, model)}
-        recount.update({f"calibration.{k}": v for k, v in calibration.items()})
-        tracker.log_metrics(recount, step=cfg.epochs)
+        tracker.log_metrics({**recount, **calibrated}, step=cfg.epochs)
     masks = method.masks(model)
     exported = method.export(model, masks).eval()
     check_export(exported, masks)
@@ -73,7 +73,8 @@ def finish(
     source = source or RecordSource()
     if not source.tags:
         source.tags = user_tags(tracker.tags())
-    record = build_record(plan, tracker, metrics, table, curve, source)
+    # The record keeps what calibration chose (thresholds, shifts) beside the counts it led to.
+    record = build_record(plan, tracker, {**metrics, **calibrated}, table, curve, source)
     tracker.log_text(record.to_json(), RECORD_NAME)
     tracker.set_tags({"row": row})
     tracker.finish("FINISHED")
