@@ -323,7 +323,10 @@ class _QuietTrials(logging.Filter):
         error = rec.exc_info[1] if rec.exc_info else None
         if isinstance(error, (SparsebenchError, CellSkipped)):
             return False
-        return not rec.getMessage().startswith("Trial ") or rec.levelno > logging.INFO
+        message = rec.getMessage()
+        if message.startswith("Trial ") and message.endswith("failed with value None."):
+            return False  # optuna's echo of the failure just told (a bug's own record keeps its traceback)
+        return not message.startswith("Trial ") or rec.levelno > logging.INFO
 
 
 TRIAL_LOGGERS = ("optuna.study._optimize", "optuna.study.study")

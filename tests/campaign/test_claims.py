@@ -66,3 +66,29 @@ def test_a_worker_whose_trial_was_finished_elsewhere_goes_on(tmp_path: Path) -> 
 
     take_one(study, finished_by_another)  # type: ignore[arg-type]  # no "Cannot tell a COMPLETE trial"
     assert study.trials[0].state == optuna.trial.TrialState.COMPLETE
+
+
+def test_skipped_cells_leave_no_optuna_failure_lines() -> None:
+    """A worker with --rows skips other rows' queued trials; optuna's "failed with value None" echo
+    of each skip was one warning line per trial. A bug's own record (its traceback) still shows."""
+    import logging
+
+    from sparsebench.campaign.worker import quiet_trials
+
+    seen: list[str] = []
+    catch = logging.Handler()
+    catch.emit = lambda rec: seen.append(rec.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("optuna.study._optimize")  # optuna's loggers do not propagate
+    logger.addHandler(catch)
+    because = "Trial {} failed with parameters: {{}} because of the following error: {}."
+    try:
+        with quiet_trials():
+            for number, error in ((3, CellSkipped("not a row this worker runs")), (4, RuntimeError("bug"))):
+                try:
+                    raise error
+                except Exception:
+                    logger.warning(because.format(number, error), exc_info=True)
+                logger.warning(f"Trial {number} failed with value None.")
+    finally:
+        logger.removeHandler(catch)
+    assert seen == [because.format(4, "bug")]
