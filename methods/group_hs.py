@@ -3,7 +3,8 @@
 Rule: every group (an input neuron of a Linear layer, an output filter of a Conv2d layer) has a
 scale z_g = s * z~_g, the product of a layer-wide half-Cauchy scale s and the group's own
 half-Cauchy scale z~_g, multiplying its weights w = z_g * w~; a group is removed when its scale
-collapses, i.e. when -E_q[log z_g] reaches the layer's threshold. The weights, bias, layers,
+collapses or goes back to its prior, i.e. when minus the log of the mode of q(z_g) reaches the
+layer's threshold. The weights, bias, layers,
 chain of removals and export are shared with ``group_nj`` (``_group.py``, methods.md section 4).
 
 The parameterisation implemented (methods.md does not spell it out; the paper's section 3.2 was
@@ -29,9 +30,13 @@ recalled, not re-read, so treat the details as our reading of it):
   use of the LRT for the scales).
 - Evaluation and export use E_q[z_g] = exp(m_g + v_g/2); the marginal weight variance for bit
   precision uses Var_q[z_g] = (exp(v_g) - 1) exp(2 m_g + v_g).
-- Pruning score: -m_g, minus the log of the scale's posterior median. The group dropout rate
-  Var/E^2 = exp(v_g) - 1 of a log-normal scale ignores m_g, so it cannot see a scale shrinking to
-  zero, which is how the horseshoe switches a group off (sparsebench choice).
+- Pruning score (``method.score``): ``mode`` (default) is v_g - m_g, minus the log of the mode
+  exp(m_g - v_g) of the log-normal q(z_g), the rule public readings of the paper give for BC-GHS.
+  It sees both ways a group switches off: its scale shrinking (m_g falls) and its posterior going
+  back to the prior (v_g grows: the half-Cauchy's mass piles up at zero, and so does a wide
+  log-normal's). ``median`` is -m_g, sparsebench's first choice, which sees only the first: on
+  MNIST the pixels no image uses kept the same -m_g as the rest and 5x the v_g (docs/history.md),
+  so that score pruned nothing. The dropout rate Var/E^2 = exp(v_g) - 1 ignores m_g altogether.
 - Initialisation: every log variance ~ N(-9, 0.01^2) as in group NJ; mu_sa = log tau0^2 (s_a's
   prior scale) and mu_sb = -log tau0^2 so that s starts at 1, a_g and b_g start at 1, so z starts
   at 1 and the weights at the standard layer's values, exactly like group NJ.
@@ -42,7 +47,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
@@ -90,9 +95,10 @@ def kl_lognormal_invgamma(mu: torch.Tensor, logvar: torch.Tensor, shape: float, 
 class HSScale(GroupScale):
     """q(z_g) = q(sqrt(s_a s_b a_g b_g)) with four log-normal factors; see the module docstring."""
 
-    def __init__(self, num_groups: int, tau0: float) -> None:
+    def __init__(self, num_groups: int, tau0: float, score: str = "mode") -> None:
         super().__init__()
         self.tau0 = tau0
+        self.score = score
         log_tau2 = 2.0 * math.log(tau0)
         self.sa_mu = nn.Parameter(torch.tensor(log_tau2))
         self.sb_mu = nn.Parameter(torch.tensor(-log_tau2))
@@ -130,14 +136,21 @@ class HSScale(GroupScale):
         return s_a + s_b + (a + b).sum()
 
     def prune_score(self) -> torch.Tensor:
-        return -self.log_moments()[0]
+        m, v = self.log_moments()
+        return v - m if self.score == "mode" else -m
 
 
 @dataclass
 class GroupHSConfig(GroupConfig):
     tau0: float = option(1e-5, "scale of the layer-wide half-Cauchy prior C+(0, tau0)")
+    score: Literal["mode", "median"] = option(
+        "mode",
+        "removal score: minus the log of q(z)'s mode (v - m: a scale that shrinks or reverts to its "
+        "prior) or of its median (-m: only a scale that shrinks; sparsebench's first rule)",
+        predating="median",
+    )
     fallback_threshold: float = option(
-        3.0, "threshold on -E[log z] of a layer whose scores have one mode (3: scale < e^-3 of its start)"
+        3.0, "threshold on the score of a layer whose scores have one mode (3: e^-3 of the starting scale)"
     )
 
 
@@ -150,7 +163,7 @@ class GroupHS(GroupMethod):
     def make_scale(self, num_groups: int) -> GroupScale:
         if not self.config.tau0 > 0:
             raise ConfigError(f"method.tau0 must be positive, got {self.config.tau0}")
-        return HSScale(num_groups, self.config.tau0)
+        return HSScale(num_groups, self.config.tau0, self.config.score)
 
     def adjust_recipe(self, task: Task | str, recipe: TrainConfig) -> TrainConfig:
         return bc_recipe(task, recipe)

@@ -26,14 +26,20 @@ def option(
     low: float | None = None,
     high: float | None = None,
     low_open: bool = False,
+    predating: Any = dataclasses.MISSING,
     **kwargs: Any,
 ) -> Any:
     """A dataclass field with a help string (shown by ``sparsebench list --verbose``) and its range.
 
     ``low``/``high`` bound a numeric field (``low_open`` excludes ``low`` itself, e.g. a learning
     rate must be > 0); ``check_ranges`` refuses values outside before any compute starts.
+    ``predating`` is the value that reproduces what the code did before the option existed, for an
+    option added later whose default changes behaviour: a run record written before it lacks the
+    key, and a faithful replay of that record must use this value, not today's default.
     """
     metadata = {"help": help, "low": low, "high": high, "low_open": low_open}
+    if predating is not dataclasses.MISSING:
+        metadata["predating"] = predating
     if isinstance(default, (list, dict, set)):
         return field(default_factory=lambda: type(default)(default), metadata=metadata, **kwargs)
     return field(default=default, metadata=metadata, **kwargs)
@@ -94,6 +100,21 @@ def flatten(sections: dict[str, Any]) -> dict[str, Any]:
             value = getattr(config, f.name)
             flat[f"{prefix}.{f.name}"] = list(value) if isinstance(value, tuple) else value
     return flat
+
+
+def predating_values(sections: dict[str, Any], recorded: dict[str, Any]) -> dict[str, Any]:
+    """``{key: value}`` for the options declared with ``predating`` that a recorded config lacks.
+
+    ``sections`` maps a prefix to a config class or instance, as in ``flatten``; a record made
+    before such an option existed ran with the option's ``predating`` value.
+    """
+    found = {}
+    for prefix, config in sections.items():
+        for f in dataclasses.fields(config):
+            key = f"{prefix}.{f.name}"
+            if "predating" in f.metadata and key not in recorded:
+                found[key] = f.metadata["predating"]
+    return found
 
 
 def parse_assignment(text: str, flag: str = "--set", example: str = "train.epochs=20") -> tuple[str, str]:

@@ -16,9 +16,11 @@ from sparsebench.config import (
     flatten,
     option,
     parse_assignment,
+    predating_values,
 )
 from sparsebench.errors import ConfigError
 from sparsebench.registry import METHODS, TASKS
+from sparsebench.run.plan import plan_run, recorded_overrides
 
 
 @dataclass
@@ -180,3 +182,25 @@ def test_every_config_field_has_help(owner: str, config_cls: type) -> None:
     """``sparsebench list --verbose`` shows it; fields are declared with ``option(default, help)``."""
     missing = [f.name for f in dataclasses.fields(config_cls) if not f.metadata.get("help")]
     assert missing == [], f"{owner}: fields without help text: {missing}"
+
+
+def test_an_option_added_later_replays_old_records_with_its_predating_value() -> None:
+    """A record written before ``method.score`` existed trained with group_hs's first rule (the
+    median); replaying it must not pick up today's default (the mode)."""
+    old_record = {"task.name": "lenet300_100", "method.name": "group_hs", "method.tau0": 1e-5}
+    overrides = recorded_overrides("lenet300_100", "group_hs", old_record)
+    assert overrides == {"method.tau0": 1e-5, "method.score": "median"}
+    assert plan_run("lenet300_100", "group_hs", overrides).method.config.score == "median"
+    new_record = {**old_record, "method.score": "mode"}
+    assert recorded_overrides("lenet300_100", "group_hs", new_record)["method.score"] == "mode"
+    assert plan_run("lenet300_100", "group_hs", {}).method.config.score == "mode"
+
+
+def test_predating_values_name_only_the_options_a_record_lacks() -> None:
+    @dataclass
+    class Later:
+        old: int = option(1, "there from the start")
+        new: str = option("b", "added later", predating="a")
+
+    assert predating_values({"method": Later}, {"method.old": 1}) == {"method.new": "a"}
+    assert predating_values({"method": Later()}, {"method.new": "b"}) == {}

@@ -72,6 +72,16 @@ def overrides_of(config: dict[str, Any], defaults: dict[str, Any] | None) -> dic
     return keep
 
 
+def replay_overrides(task: str, method: str, config: dict[str, Any]) -> dict[str, Any]:
+    """A record's whole configuration, with the values of options added since it was written."""
+    from sparsebench.run.plan import recorded_overrides
+
+    try:
+        return recorded_overrides(task, method, config)
+    except SparsebenchError:  # a plugin not installed here: the record's keys are all there is
+        return overrides_of(config, None)
+
+
 def _normal(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
@@ -107,7 +117,10 @@ def manifest_runs(
         if key not in defaults:
             defaults[key] = None if full else default_config(row.task, row.method)
         config = configs.get(row.run_id) or {}
-        overrides = overrides_of(config, defaults[key])
+        if full:
+            overrides = replay_overrides(row.task, row.method, config)
+        else:
+            overrides = overrides_of(config, defaults[key])
         entries.append(
             {
                 "run_id": row.run_id,

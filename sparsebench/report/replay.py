@@ -20,7 +20,6 @@ from sparsebench.errors import ConfigError
 from sparsebench.report.aggregate import t_interval
 
 COMPARED = {"test_metric": "test error", "compression": "compression"}
-IDENTITY = ("task.name", "method.name")
 
 
 @dataclass
@@ -55,7 +54,9 @@ class ReplayPlan:
     @property
     def overrides(self) -> dict[str, Any]:
         """Every key of the recorded configuration: nothing is left to today's defaults."""
-        return {k: v for k, v in self.record.config.items() if k not in IDENTITY}
+        from sparsebench.run.plan import recorded_overrides
+
+        return recorded_overrides(self.record.task, self.record.method, self.record.config)
 
     @property
     def init_from(self) -> str | None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from sparsebench.config import TrainConfig, apply_overrides, check_ranges, flatten
+from sparsebench.config import TrainConfig, apply_overrides, check_ranges, flatten, predating_values
 from sparsebench.env import Env
 from sparsebench.errors import ConfigError
 from sparsebench.method import SparsityMethod
@@ -88,6 +88,18 @@ def plan_run(task_name: str, method_name: str, overrides: dict[str, Any]) -> Pla
     apply_overrides(plan.sections, {k: v for k, v in overrides.items() if k not in early})
     check_ranges(plan.sections)
     return plan
+
+
+def recorded_overrides(task_name: str, method_name: str, config: dict[str, Any]) -> dict[str, Any]:
+    """A recorded configuration as overrides that replay it whatever today's defaults are.
+
+    Every recorded key, plus the ``predating`` value of each option added since the record was
+    written (a key the record lacks ran with what the code did before the option existed).
+    """
+    sections = {"task": TASKS.get(task_name).Config, "method": METHODS.get(method_name).Config}
+    sections["train"] = TrainConfig
+    recorded = {k: v for k, v in config.items() if k not in ("task.name", "method.name")}
+    return {**recorded, **predating_values(sections, recorded)}
 
 
 def resolve_device(name: str) -> torch.device:

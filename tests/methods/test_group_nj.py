@@ -487,8 +487,24 @@ def test_hs_scale_moments_and_initial_value() -> None:
     z = scale.sample(1_000_000).detach()
     torch.testing.assert_close(z.mean(0), scale.mean().detach(), rtol=0.01, atol=0)
     torch.testing.assert_close(z.var(0), scale.variance().detach(), rtol=0.03, atol=0)
-    m, _ = scale.log_moments()
+    m, v = scale.log_moments()
+    torch.testing.assert_close(scale.prune_score(), v - m)
+    scale.score = "median"
     torch.testing.assert_close(scale.prune_score(), -m)
+
+
+def test_hs_mode_score_is_minus_the_log_of_the_density_peak() -> None:
+    """The default score finds the scale a group's posterior is densest at, so a group whose q(z)
+    widens back toward the prior scores higher than one with the same median and a narrow q(z)."""
+    scale = HSScale(2, tau0=1e-5).double()
+    set_(scale.za_mu, [0.0, 0.0])
+    set_(scale.za_logvar, [math.log(0.01), math.log(4.0)])
+    m, v = (t.detach() for t in scale.log_moments())
+    grid = torch.linspace(-12.0, 3.0, 300_001, dtype=torch.float64)  # log z
+    log_density = -grid[:, None] - (grid[:, None] - m) ** 2 / (2 * v)  # log pdf of z, up to a constant
+    peak = grid[log_density.argmax(0)]
+    torch.testing.assert_close(scale.prune_score().detach(), -peak, rtol=0, atol=1e-4)
+    assert float(scale.prune_score()[1]) > float(scale.prune_score()[0]) + 0.9
 
 
 def test_group_hs_trains_exports_and_gives_precision_variances() -> None:
