@@ -41,6 +41,12 @@ recalled, not re-read, so treat the details as our reading of it):
   prior scale) and mu_sb = -log tau0^2 so that s starts at 1, a_g and b_g start at 1, so z starts
   at 1 and the weights at the standard layer's values, exactly like group NJ.
 - tau0 = 1e-5 by default: recalled from the paper's experiments, not verified.
+- Fallback threshold 2 (the automatic thresholds cut between two modes only when the upper one lies
+  above it): after 200 epochs on LeNet-300-100 (seed 0) the pixels no image uses scored 2.84, the
+  removed modes of the layers sat at 2.84, 2.20 and 3.50, the kept ones at 2.07, 0.98 and 1.47; a
+  fallback of 3 kept fc1 and fc2 whole
+  (1.8x), 2 let every layer cut between its modes (4.6x, validation error 1.96 % vs 2.00 % with
+  nothing removed). Chosen on those training-set posteriors, checked on validation.
 """
 
 from __future__ import annotations
@@ -150,7 +156,9 @@ class GroupHSConfig(GroupConfig):
         predating="median",
     )
     fallback_threshold: float = option(
-        3.0, "threshold on the score of a layer whose scores have one mode (3: e^-3 of the starting scale)"
+        2.0,
+        "threshold on the score of a layer whose scores have one mode, and the least score a mode of "
+        "removed groups must have (2: q(z)'s mode at e^-2 of the starting scale)",
     )
 
 
