@@ -151,8 +151,13 @@ def code_commit() -> str | None:
     return git_commit()
 
 
+CODE_PATHS = ("sparsebench", "methods", "tasks", "sweeps", "pyproject.toml")
+"""What a run executes, relative to the checkout's root: changes elsewhere (reports, docs, the
+README, the spec snapshot a campaign rewrites as it starts) leave a run's code as committed."""
+
+
 def git_commit(start: Path | None = None) -> str | None:
-    """The commit of the git checkout holding the package (``+dirty`` with changes), or None."""
+    """The commit of the git checkout holding the package (``+dirty`` when its code has changes), or None."""
     folder = start or Path(__file__).resolve().parent
     try:
         head = subprocess.run(
@@ -161,7 +166,8 @@ def git_commit(start: Path | None = None) -> str | None:
         if head.returncode != 0:
             return None
         dirty = subprocess.run(
-            ["git", "-C", str(folder), "status", "--porcelain", "--untracked-files=no"],
+            ["git", "-C", str(folder), "status", "--porcelain", "--untracked-files=no", "--"]
+            + [f":/{path}" for path in CODE_PATHS],
             capture_output=True,
             text=True,
             timeout=10,

@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import json
 import math
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -90,3 +91,24 @@ def test_the_code_commit_is_read_once_per_process(monkeypatch: pytest.MonkeyPatc
         assert record.code_commit() == "a" * 40  # the checkout moved on; the loaded code did not
     finally:
         record.code_commit.cache_clear()
+
+
+def test_commit_is_dirty_only_when_code_changed(tmp_path: Path) -> None:
+    """A campaign rewrites its spec snapshot under reports/ as it starts; that is no code change."""
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    (tmp_path / "sparsebench").mkdir()
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "sparsebench" / "code.py").write_text("x = 1\n")
+    (tmp_path / "reports" / "campaign.json").write_text("{}\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "start")
+    clean = record.git_commit(tmp_path / "sparsebench")
+    assert clean is not None and not clean.endswith("+dirty")
+    (tmp_path / "reports" / "campaign.json").write_text('{"rows": []}\n')
+    assert record.git_commit(tmp_path / "sparsebench") == clean
+    (tmp_path / "sparsebench" / "code.py").write_text("x = 2\n")
+    assert record.git_commit(tmp_path / "sparsebench") == clean + "+dirty"
