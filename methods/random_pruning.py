@@ -1,7 +1,7 @@
 """Random pruning, the control baseline every pruning criterion has to beat (e.g. Liu et al., ICLR 2019).
 
 Rule: remove a uniformly random subset of weights — floor(s * n) per layer, or floor(s * N) over the
-whole model — drawn once from a seeded generator before training (default) or at the point where
+whole model — drawn once before training (default) or at the point where
 magnitude's one-shot prunes, then train the survivors under the fixed masks.
 """
 
@@ -30,13 +30,22 @@ class RandomConfig:
         "start", "draw the masks before the first step, or after the fraction `end` of training (dense first)"
     )
     end: float = option(0.7, "with at=end: fraction of the training steps after which the masks are drawn")
-    seed: int = option(0, "seed of the mask draw (independent of train.seed, so masks can be held fixed)")
+    seed: int | None = option(
+        None,
+        "seed of the mask draw; None = drawn from the run's generator, which train.seed seeds, so each "
+        "seed of a row gets its own mask; a number holds one mask fixed across train.seed",
+    )
     prune_biases: bool = option(False, "also prune biases (separately, at the same sparsity)")
 
 
-def random_scorer(seed: int) -> Scorer:
-    """Uniform scores from one CPU generator, so the masks do not depend on the device."""
-    generator = torch.Generator().manual_seed(seed)
+def random_scorer(seed: int | None) -> Scorer:
+    """Uniform scores from a CPU generator, so the masks do not depend on the device: a fresh one
+    seeded with ``seed``, or torch's default one (seeded by ``train.seed``) when ``seed`` is None.
+
+    Seeds of a campaign row are meant to sample everything random about a method; for random pruning
+    that includes the mask, so the default draws it per run rather than holding it fixed.
+    """
+    generator = None if seed is None else torch.Generator().manual_seed(seed)
 
     def score(module: nn.Module, name: str) -> torch.Tensor:
         mask = mask_of(module, name)

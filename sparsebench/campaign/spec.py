@@ -51,6 +51,9 @@ class PaperNumber(Section):
     compression_precision: Positive | None = None
     """Compression with the precision of the kept weights reduced (Bayesian compression's "with bits")."""
     citation: Text
+    architecture: str = ""
+    """Units kept per layer as the paper prints them (conv: output filters, Linear: input units),
+    e.g. ``219-214-100``; the report's architecture table sets it beside ours."""
     note: str = ""
 
 

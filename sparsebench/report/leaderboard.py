@@ -17,6 +17,7 @@ import pandas as pd
 
 from sparsebench.errors import ConfigError
 from sparsebench.report.aggregate import group_stats
+from sparsebench.report.architecture import architecture_table
 from sparsebench.report.formatting import DASH, fmt_x
 from sparsebench.report.origins import origins_table
 from sparsebench.report.records import RecordRow, RecordSet, load_records
@@ -61,10 +62,11 @@ def leaderboard_table(records: RecordSet) -> Table:
 
 
 def campaign_tables(records: RecordSet) -> list[Table]:
-    """The report's tables of campaign rows: the leaderboard, the targets (if any row declares one)
-    and where each row's configuration came from (its tuning budget)."""
-    targets = targets_table(records)
-    return [leaderboard_table(records), *([targets] if targets is not None else []), origins_table(records)]
+    """The report's tables of campaign rows: the leaderboard, the targets (if any row declares one),
+    the units kept per layer (if any row removes units) and where each row's configuration came
+    from (its tuning budget)."""
+    optional = [targets_table(records), architecture_table(records)]
+    return [leaderboard_table(records), *[t for t in optional if t is not None], origins_table(records)]
 
 
 def _error(mean: float, low: float, high: float) -> str:

@@ -233,8 +233,8 @@ def test_prune_biases_prunes_biases_separately() -> None:
 
 @pytest.mark.parametrize("scope", ["layer", "global"])
 def test_random_prunes_exact_counts_at_start_reproducibly(scope: str) -> None:
-    a = RandomPruning(RandomConfig(sparsity=0.7, scope=scope)).convert(net())
-    b = RandomPruning(RandomConfig(sparsity=0.7, scope=scope)).convert(net(seed=3))
+    a = RandomPruning(RandomConfig(sparsity=0.7, scope=scope, seed=0)).convert(net())
+    b = RandomPruning(RandomConfig(sparsity=0.7, scope=scope, seed=0)).convert(net(seed=3))
     c = RandomPruning(RandomConfig(sparsity=0.7, scope=scope, seed=1)).convert(net())
     counts = pruned(a)
     if scope == "layer":
@@ -244,6 +244,19 @@ def test_random_prunes_exact_counts_at_start_reproducibly(scope: str) -> None:
     # the draw depends on the mask seed only, not on the weights
     assert all(torch.equal(x, y) for x, y in zip(keep_masks(a).values(), keep_masks(b).values(), strict=True))
     assert not torch.equal(keep_masks(a)["0"], keep_masks(c)["0"])
+
+
+def test_random_default_mask_follows_the_run_seed() -> None:
+    """Without method.seed each train.seed draws its own mask, and the same train.seed the same one."""
+
+    def mask_after(seed: int) -> torch.Tensor:
+        model = net()
+        torch.manual_seed(seed)  # what the runner does with train.seed before convert
+        return keep_masks(RandomPruning(RandomConfig(sparsity=0.7)).convert(model))["0"]
+
+    assert torch.equal(mask_after(5), mask_after(5))
+    assert not torch.equal(mask_after(5), mask_after(6))
+    assert int((~mask_after(6)).sum()) == 420
 
 
 def test_random_masks_ignore_magnitude() -> None:

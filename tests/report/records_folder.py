@@ -28,6 +28,8 @@ class FakeCell:
     config: dict[str, Any] = field(default_factory=dict)
     epochs: list[dict[str, float]] = field(default_factory=list)
     """Per-epoch points (``epoch``, ``val_metric``, ``sparsity``)."""
+    layers: list[dict[str, Any]] = field(default_factory=list)
+    """The per-layer table (``record.RunRecord.layers``): shape, units and units removed per layer."""
 
 
 def write_records_folder(
@@ -59,7 +61,7 @@ def write_records_folder(
                 "weights": weights,
                 "nonzeros": weights / cell.compression,
             },
-            layers=[],
+            layers=cell.layers,
             epochs=[record.EpochPoint(**point) for point in cell.epochs],
         )
         path = record_path(folder, Cell(cell.row, cell.seed))
