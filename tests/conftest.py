@@ -6,6 +6,7 @@ import contextlib
 import gzip
 import io
 import shutil
+import signal
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -55,6 +56,21 @@ def mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tracking_uri(tmp_path: Path) -> str:
     """A fresh sqlite MLflow store for one test."""
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _sigint_as_a_terminal_sends_it() -> Iterator[None]:
+    """Ctrl-C handling is tested as users meet it: SIGINT raising KeyboardInterrupt.
+
+    A suite started in the background by a script (``cmd &`` without job control) inherits SIGINT
+    ignored, and Python then installs no handler; the interrupt tests, and every child process they
+    start (exec keeps an ignored signal ignored), would test an environment no user has.
+    """
+    inherited = signal.getsignal(signal.SIGINT)
+    if inherited == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, inherited)
 
 
 @pytest.fixture(autouse=True)
