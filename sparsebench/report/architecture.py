@@ -20,24 +20,17 @@ from sparsebench.report.tables import Table
 SEPARATOR = "-"
 
 
-def units_kept(layers: pd.DataFrame) -> list[int]:
-    """Per weight layer, in network order: filters kept by a convolution, input units kept by the rest."""
+def units_kept(layers: pd.DataFrame, removed: bool = True) -> list[int]:
+    """Per weight layer, in network order: filters kept by a convolution, input units kept by the rest
+    (with ``removed=False``, the dense model's counts)."""
     kept = []
     for layer in layers.sort_values("position").itertuples():
-        if str(layer.kind).startswith("Conv"):
-            kept.append(int(layer.out_units) - int(layer.out_units_removed))
-        else:
-            kept.append(int(layer.in_units) - int(layer.in_units_removed))
+        conv = str(layer.kind).startswith("Conv")
+        units, gone = (
+            (layer.out_units, layer.out_units_removed) if conv else (layer.in_units, layer.in_units_removed)
+        )
+        kept.append(int(units) - (int(gone) if removed else 0))
     return kept
-
-
-def full_sizes(layers: pd.DataFrame) -> list[int]:
-    """What ``units_kept`` would count with nothing removed (the dense architecture)."""
-    ordered = layers.sort_values("position")
-    return [
-        int(layer.out_units) if str(layer.kind).startswith("Conv") else int(layer.in_units)
-        for layer in ordered.itertuples()
-    ]
 
 
 def architecture_text(counts: list[int] | list[float]) -> str:
@@ -50,11 +43,11 @@ def row_architectures(records: RecordSet) -> dict[str, dict[int, tuple[list[int]
     found: dict[str, dict[int, tuple[list[int], list[int]]]] = {}
     if layers.empty or "in_units_removed" not in layers:
         return found
-    for run in runs.itertuples():
-        own = layers[layers["run_id"] == run.run_id]
-        if own.empty:
-            continue
-        found.setdefault(str(run.setting), {})[int(run.seed)] = (units_kept(own), full_sizes(own))
+    by_id = runs.set_index("run_id")
+    for run_id, own in layers.groupby("run_id"):
+        run = by_id.loc[run_id]
+        kept = (units_kept(own), units_kept(own, removed=False))
+        found.setdefault(str(run["setting"]), {})[int(run["seed"])] = kept
     return found
 
 
