@@ -18,6 +18,9 @@ import yaml
 
 from sparsebench.errors import ConfigError
 
+IDENTITY_KEYS = ("task.name", "method.name")
+"""Flat config keys that name the plugins rather than set an option: never replayed as ``--set``."""
+
 
 def option(
     default: Any,

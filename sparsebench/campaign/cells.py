@@ -111,16 +111,25 @@ def has_zero_weights(state_dict: dict[str, Any]) -> bool:
     return any(t.dim() >= 2 and t.is_floating_point() and bool((t == 0).any()) for t in state_dict.values())
 
 
-def write_spec_copy(spec: CampaignSpec) -> None:
-    """Keep ``campaign.json`` in step with the spec (atomically; it is no record, so it may change)."""
+def spec_copy_text(spec: CampaignSpec) -> str:
+    """What ``campaign.json`` holds for ``spec``: compare it with the committed copy to find drift."""
+    return json.dumps(spec.public_dict(), indent=1, sort_keys=True) + "\n"
+
+
+def write_spec_copy(spec: CampaignSpec) -> bool:
+    """Keep ``campaign.json`` in step with the spec (atomically; it is no record, so it may change).
+
+    Returns whether the file changed.
+    """
     path = spec.results / SPEC_COPY
-    text = json.dumps(spec.public_dict(), indent=1, sort_keys=True) + "\n"
+    text = spec_copy_text(spec)
     if path.is_file() and path.read_text() == text:
-        return
+        return False
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     tmp.replace(path)
+    return True
 
 
 def read_spec_copy(results: Path) -> dict[str, Any] | None:

@@ -202,9 +202,13 @@ class CampaignSpec:
         return tuple(r for r in self.rows if r.name in wanted)
 
     def public_dict(self) -> dict[str, Any]:
-        """The spec as data, for the results folder: no storage URL (it may carry a password)."""
+        """The spec as data, for the results folder: no storage URL (it may carry a password).
+
+        ``source`` is the spec file's name alone: the copy is committed, and a folder would differ
+        between machines and between ``run mnist`` and ``run sweeps/campaigns/mnist.yaml``.
+        """
         data = self.raw.model_dump(mode="json", exclude={"storage", "heartbeat"})
-        data["source"] = self.source
+        data["source"] = Path(self.source).name.removesuffix(".yaml")
         for row, raw in zip(self.rows, data["rows"], strict=True):
             raw["seeds"] = list(row.seeds)  # resolved: the campaign's seeds where the row has none
         return data

@@ -16,6 +16,7 @@ from sparsebench.cli._common import add_env_flags, env_from
 
 EXAMPLES = """examples:
   sparsebench campaign check sweeps/campaigns/mnist.yaml
+  sparsebench campaign check mnist --update-copy    # after editing a spec (paper numbers, labels)
   sparsebench campaign run sweeps/campaigns/mnist.yaml --workers 2 --max-time 150
   sparsebench campaign run mnist --rows lenet5-dense,lenet5-sparse_vd
   sparsebench campaign run mnist --storage postgresql+psycopg2://user:pw@db-host/campaigns
@@ -61,6 +62,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     status.set_defaults(handler=handle_status)
     check = actions.add_parser("check", help="validate the spec against the plugins and list its cells")
     check.add_argument("spec", help="a campaign YAML file or a shipped campaign's name")
+    check.add_argument(
+        "--update-copy",
+        action="store_true",
+        help="write the spec's copy (campaign.json, read by reports) into the results folder after an edit",
+    )
     check.set_defaults(handler=handle_check)
 
 
@@ -164,7 +170,22 @@ def handle_check(args: argparse.Namespace) -> int:
         config = " ".join(f"{k}={v}" for k, v in row.config.items())
         seeds = ",".join(map(str, row.seeds))
         print(f"  {row.name:<{width}}  {row.task} / {row.method}  seeds {seeds}{start}  {config}".rstrip())
+    print(_copy_state(spec, args.update_copy))
     return 0
+
+
+def _copy_state(spec: Any, update: bool) -> str:
+    """One line on the results folder's copy of the spec, which reports read (rows, paper numbers)."""
+    from sparsebench.campaign.cells import SPEC_COPY, spec_copy_text, write_spec_copy
+
+    path = spec.results / SPEC_COPY
+    if update:
+        return f"{path}: {'written' if write_spec_copy(spec) else 'already up to date'}"
+    if not path.is_file():
+        return f"{path}: none yet (campaign run writes it)"
+    if path.read_text() == spec_copy_text(spec):
+        return f"{path}: up to date"
+    return f"{path}: differs from the spec; reports read it: add --update-copy to write it"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -60,7 +60,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--refinish",
         metavar="RUN",
-        help="calibrate, export and score a trained run's last checkpoint again with this code, as a new run",
+        help="calibrate, export and score a trained run's last checkpoint again with this code, as a new run "
+        "(options added since the run take today's defaults)",
     )
     p.add_argument(
         "--tag",

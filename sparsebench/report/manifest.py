@@ -16,11 +16,11 @@ from typing import Any
 
 import pandas as pd
 
+from sparsebench.config import IDENTITY_KEYS
 from sparsebench.errors import ConfigError, SparsebenchError
 from sparsebench.tracking import mask_uri
 
 MANIFEST = "manifest.json"
-IDENTITY_KEYS = ("task.name", "method.name")
 RUN_FIELDS = {"run_id": str, "task": str, "method": str, "init_from": str, "overrides": dict, "command": str}
 """What ``reproduce`` reads from each run entry, with its type."""
 FILE_SCHEMES = ("sqlite:///", "file://")

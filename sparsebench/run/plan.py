@@ -9,7 +9,14 @@ from typing import Any
 
 import torch
 
-from sparsebench.config import TrainConfig, apply_overrides, check_ranges, flatten, predating_values
+from sparsebench.config import (
+    IDENTITY_KEYS,
+    TrainConfig,
+    apply_overrides,
+    check_ranges,
+    flatten,
+    predating_values,
+)
 from sparsebench.env import Env
 from sparsebench.errors import ConfigError
 from sparsebench.method import SparsityMethod
@@ -98,7 +105,7 @@ def recorded_overrides(task_name: str, method_name: str, config: dict[str, Any])
     """
     sections = {"task": TASKS.get(task_name).Config, "method": METHODS.get(method_name).Config}
     sections["train"] = TrainConfig
-    recorded = {k: v for k, v in config.items() if k not in ("task.name", "method.name")}
+    recorded = {k: v for k, v in config.items() if k not in IDENTITY_KEYS}
     return {**recorded, **predating_values(sections, recorded)}
 
 

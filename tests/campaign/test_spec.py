@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 
+from sparsebench.campaign.cells import SPEC_COPY, spec_copy_text
 from sparsebench.campaign.spec import campaign_from_dict, load_campaign, shipped_names
 from sparsebench.errors import ConfigError, UnknownNameError
 from tests.campaign import write_campaign
@@ -174,6 +175,30 @@ def test_the_spec_copy_has_resolved_seeds_and_no_storage_password(tmp_path: Path
     data = load_campaign(path).public_dict()
     assert [r["seeds"] for r in data["rows"]] == [[0, 1], [0, 1]]
     assert "secret" not in yaml.safe_dump(data)
+
+
+@pytest.mark.parametrize("name", ["mnist", "kingma2015", "matched-sparsity"])
+def test_each_committed_spec_copy_matches_its_spec(name: str, monkeypatch) -> None:  # noqa: ANN001
+    """Reports read ``campaign.json`` (row order, paper numbers): an edited spec must be copied there."""
+    monkeypatch.chdir(ROOT)
+    spec = load_campaign(ROOT / "sweeps" / "campaigns" / f"{name}.yaml")
+    copy = spec.results / SPEC_COPY
+    if not copy.is_file():
+        pytest.skip(f"{name} has no results yet")
+    assert copy.read_text() == spec_copy_text(spec), f"run: sparsebench campaign check {name} --update-copy"
+
+
+def test_cli_check_says_when_the_copy_is_stale_and_updates_it(tmp_path: Path, run_cli, monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.chdir(tmp_path)
+    path = write_campaign(tmp_path)
+    assert "none yet" in run_cli("campaign", "check", path).out
+    assert "written" in run_cli("campaign", "check", path, "--update-copy").out
+    assert "up to date" in run_cli("campaign", "check", path).out
+    copy = load_campaign(path).results / SPEC_COPY
+    copy.write_text("{}\n")
+    assert "--update-copy" in run_cli("campaign", "check", path).out
+    run_cli("campaign", "check", path, "--update-copy")
+    assert copy.read_text() == spec_copy_text(load_campaign(path))
 
 
 def test_cli_check_lists_cells_and_errors_are_exit_2(tmp_path: Path, run_cli) -> None:  # noqa: ANN001
