@@ -12,6 +12,7 @@ import copy
 import hashlib
 import io
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,10 @@ def _quiet_export() -> Any:
     for lg in loggers:
         lg.setLevel(logging.ERROR)
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            # pt2 archives group tensors that share storage; a trained model whose tensors are
+            # views of one buffer gets "No complete tensor found in the group!", about GPU weights.
+            warnings.filterwarnings("ignore", message="No complete tensor found", category=UserWarning)
             yield
     finally:
         for lg, level in zip(loggers, levels, strict=True):
