@@ -116,15 +116,22 @@ def spec_copy_text(spec: CampaignSpec) -> str:
     return json.dumps(spec.public_dict(), indent=1, sort_keys=True) + "\n"
 
 
+def spec_copy_state(spec: CampaignSpec) -> str:
+    """``missing``, ``current`` or ``stale``: the results folder's copy against the spec."""
+    path = spec.results / SPEC_COPY
+    if not path.is_file():
+        return "missing"
+    return "current" if path.read_text() == spec_copy_text(spec) else "stale"
+
+
 def write_spec_copy(spec: CampaignSpec) -> bool:
     """Keep ``campaign.json`` in step with the spec (atomically; it is no record, so it may change).
 
     Returns whether the file changed.
     """
-    path = spec.results / SPEC_COPY
-    text = spec_copy_text(spec)
-    if path.is_file() and path.read_text() == text:
+    if spec_copy_state(spec) == "current":
         return False
+    path, text = spec.results / SPEC_COPY, spec_copy_text(spec)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)

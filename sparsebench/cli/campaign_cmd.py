@@ -10,9 +10,12 @@ import argparse
 import json
 import math
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sparsebench.cli._common import add_env_flags, env_from
+
+if TYPE_CHECKING:
+    from sparsebench.campaign.spec import CampaignSpec
 
 EXAMPLES = """examples:
   sparsebench campaign check sweeps/campaigns/mnist.yaml
@@ -174,18 +177,21 @@ def handle_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _copy_state(spec: Any, update: bool) -> str:
+def _copy_state(spec: CampaignSpec, update: bool) -> str:
     """One line on the results folder's copy of the spec, which reports read (rows, paper numbers)."""
-    from sparsebench.campaign.cells import SPEC_COPY, spec_copy_text, write_spec_copy
+    from sparsebench.campaign.cells import SPEC_COPY, spec_copy_state, write_spec_copy
 
     path = spec.results / SPEC_COPY
     if update:
         return f"{path}: {'written' if write_spec_copy(spec) else 'already up to date'}"
-    if not path.is_file():
-        return f"{path}: none yet (campaign run writes it)"
-    if path.read_text() == spec_copy_text(spec):
-        return f"{path}: up to date"
-    return f"{path}: differs from the spec; reports read it: add --update-copy to write it"
+    return (
+        f"{path}: "
+        + {
+            "missing": "none yet (campaign run writes it)",
+            "current": "up to date",
+            "stale": "differs from the spec; reports read it: add --update-copy to write it",
+        }[spec_copy_state(spec)]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -177,7 +177,7 @@ def test_the_spec_copy_has_resolved_seeds_and_no_storage_password(tmp_path: Path
     assert "secret" not in yaml.safe_dump(data)
 
 
-@pytest.mark.parametrize("name", ["mnist", "kingma2015", "matched-sparsity"])
+@pytest.mark.parametrize("name", shipped_names())
 def test_each_committed_spec_copy_matches_its_spec(name: str, monkeypatch) -> None:  # noqa: ANN001
     """Reports read ``campaign.json`` (row order, paper numbers): an edited spec must be copied there."""
     monkeypatch.chdir(ROOT)
