@@ -12,6 +12,7 @@ The parts, in the order a campaign meets them:
 - ``queue``: the optuna study that hands cells to workers (one enqueued trial per missing cell);
 - ``worker``: the loop that takes cells until none is left or ``--max-time`` passes, and
   ``--workers N`` processes of it;
+- ``durations``: how long a row's cell takes, by its records (the time box and the work left);
 - ``status``: done / running / missing per row;
 - ``importer``: records into an MLflow store, for people who browse there.
 """

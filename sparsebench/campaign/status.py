@@ -12,7 +12,7 @@ from typing import Any
 
 from optuna.trial import TrialState
 
-from sparsebench.campaign import queue
+from sparsebench.campaign import durations, queue
 from sparsebench.campaign.cells import Cell, is_done, parent_cell, parent_ready
 from sparsebench.campaign.spec import CampaignSpec, Row
 from sparsebench.sweep.study import orphaned
@@ -31,6 +31,8 @@ class RowStatus:
     failures: dict[int, str] = field(default_factory=dict)
     waiting_for: dict[int, str] = field(default_factory=dict)
     """Missing seeds whose parent cell is not done here yet: the parent's cell key."""
+    minutes_per_cell: float | None = None
+    """Expected training minutes of one cell, from the records (``durations``); None if unknown."""
 
     def count(self, state: str) -> int:
         return len(self.cells[state])
@@ -57,8 +59,11 @@ def campaign_status(spec: CampaignSpec, rows: tuple[Row, ...], storage: str) -> 
     study = queue.load_queue(spec, storage)
     grouped = queue.trials_by_cell(study) if study is not None else {}
     out = []
+    recorded = durations.recorded_minutes(spec.results)
     for row in rows:
         status = RowStatus(row.name, row.task, row.method, list(row.seeds))
+        estimate = durations.expected_minutes(spec, row, recorded)
+        status.minutes_per_cell = None if estimate is None else round(estimate.minutes, 1)
         for seed in row.seeds:
             cell = Cell(row.name, seed)
             state, reason = cell_state(spec, cell, grouped.get(cell, []))
@@ -78,7 +83,20 @@ def campaign_status(spec: CampaignSpec, rows: tuple[Row, ...], storage: str) -> 
         "cells": sum(len(r.seeds) for r in out),
         "totals": totals,
         "rows": [asdict(r) for r in out],
+        "work_left": work_left(out),
     }
+
+
+def work_left(rows: list[RowStatus]) -> dict[str, Any]:
+    """Worker-minutes the cells not yet done need, by their rows' estimates; rows without one named."""
+    minutes, unknown = 0.0, []
+    for row in rows:
+        left = len(row.seeds) - row.count("done")
+        if left and row.minutes_per_cell is None:
+            unknown.append(row.row)
+        elif left:
+            minutes += left * row.minutes_per_cell  # type: ignore[operator]
+    return {"worker_minutes": round(minutes, 1), "rows_without_estimate": unknown}
 
 
 def bar(done: int, busy: int, total: int, width: int = BAR_WIDTH) -> str:
@@ -107,6 +125,8 @@ def render(report: dict[str, Any]) -> str:
         missing = cells["missing"] + cells["failed"] + cells["abandoned"]
         if missing:
             parts.append("seeds left: " + ",".join(str(s) for s in sorted(missing)))
+        if len(cells["done"]) < len(row["seeds"]) and row["minutes_per_cell"] is not None:
+            parts.append(f"about {row['minutes_per_cell']:.0f} min a cell")
         lines.append(f"{row['row']:<{width}}  {row_bar(row)}  {', '.join(parts)}")
     totals = report["totals"]
     summary = ", ".join(f"{totals[s]} {s}" for s in STATES[1:] if totals[s])
@@ -116,6 +136,7 @@ def render(report: dict[str, Any]) -> str:
     lines.append(
         f"{'total':<{width}}  {total_bar}  {summary}; {done_rows}/{len(report['rows'])} rows complete"
     )
+    lines += work_left_lines(report["work_left"], width)
     for row in report["rows"]:
         for seed, reason in sorted(row["failures"].items()):
             lines.append(f"  {row['row']} seed {seed} failed: {reason}")
@@ -131,3 +152,19 @@ def render(report: dict[str, Any]) -> str:
             "  'elsewhere': finished on another machine; commit its records there and pull them here"
         )
     return "\n".join(lines)
+
+
+def work_left_lines(left: dict[str, Any], width: int) -> list[str]:
+    """The estimated work left, in worker-hours, and the rows it cannot count yet."""
+    unknown = left["rows_without_estimate"]
+    parts = []
+    if left["worker_minutes"]:
+        parts.append(
+            f"about {left['worker_minutes'] / 60:.1f} worker-hours (the records' median training times)"
+        )
+    if unknown:
+        names = ", ".join(unknown[:3]) + (f" and {len(unknown) - 3} more" if len(unknown) > 3 else "")
+        parts.append(
+            f"{'plus ' if parts else ''}{len(unknown)} rows with no record to time them by ({names})"
+        )
+    return [f"{'left':<{width}}  {', '.join(parts)}"] if parts else []

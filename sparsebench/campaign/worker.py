@@ -2,8 +2,9 @@
 
 Any number of workers, on one machine or many, run this loop on one campaign: the storage hands
 each queued trial to one of them. A worker stops taking cells once ``--max-time`` minutes have
-passed since it started (the cell it is training finishes), so a session's time box holds; what is
-left stays missing for the next command. ``run_campaign`` starts ``--workers N`` processes of it.
+passed since it started (the cell it is training finishes), and leaves a cell that its row's records
+say takes longer than the time left (``durations``), so a session's time box holds; what is left
+stays missing for the next command. ``run_campaign`` starts ``--workers N`` processes of it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 import optuna
 
 from sparsebench import record
-from sparsebench.campaign import queue
+from sparsebench.campaign import durations, queue
 from sparsebench.campaign.cells import (
     Cell,
     is_done,
@@ -47,7 +48,7 @@ class WorkerOptions:
     env: Env
     """Device, data, tracking store and experiment of every cell (the command's, resolved once)."""
     max_time: float | None = None
-    """Minutes after which the worker takes no new cell."""
+    """Minutes after which the worker takes no new cell; nor one expected to need more than is left."""
     since: dt.datetime = field(default_factory=dt.datetime.now)
     """When the command started: cells that failed after this are not re-queued by it."""
     threads: int | None = None
@@ -74,9 +75,10 @@ def run_worker(spec: CampaignSpec, rows: tuple[Row, ...], options: WorkerOptions
     study = queue.open_queue(spec, options.storage)
     summary, deferred = WorkerSummary(), set()
     started = time.monotonic()
-    objective = CellObjective(spec, options, summary, deferred, {row.name for row in rows})
+    deadline = None if options.max_time is None else started + options.max_time * 60
+    objective = CellObjective(spec, options, summary, deferred, {row.name for row in rows}, deadline)
     while True:
-        if options.max_time is not None and time.monotonic() - started >= options.max_time * 60:
+        if deadline is not None and time.monotonic() >= deadline:
             say(options, f"--max-time {options.max_time:g} min reached; taking no new cell")
             summary.stopped_by_time = True
             break
@@ -87,7 +89,7 @@ def run_worker(spec: CampaignSpec, rows: tuple[Row, ...], options: WorkerOptions
             take_one(study, objective)
             continue
         if waiting:
-            say(options, f"left in the queue, needing parent models from other machines: {keys(waiting)}")
+            say(options, f"left in the queue for another worker or a later command: {keys(waiting)}")
             break
         blocked = blocked_cells(study, spec, rows)
         if not blocked:
@@ -134,10 +136,13 @@ class CellObjective:
         summary: WorkerSummary,
         deferred: set[Cell],
         rows: set[str],
+        deadline: float | None = None,
     ) -> None:
         self.spec, self.options, self.summary, self.deferred = spec, options, summary, deferred
         self.rows = rows
         """The rows this worker runs (``--rows``); queued cells of others go back to the queue."""
+        self.deadline = deadline
+        """``time.monotonic()`` at which ``--max-time`` ends; None without one."""
 
     def __call__(self, trial: optuna.Trial) -> float:
         if not queue.claim(self.options.storage, trial):
@@ -156,6 +161,7 @@ class CellObjective:
             return float(record.read(record_path(self.spec.results, cell)).metrics.get("test_metric") or 0.0)
         if not parent_ready(self.spec, cell):
             self._defer(trial, cell, "parent model not on this machine")
+        self._refuse_overrun(trial, cell)
         try:
             return self._train(trial, cell)
         except SparsebenchError as exc:
@@ -185,10 +191,25 @@ class CellObjective:
             trial.set_user_attr("skipped", "another worker is training this cell")
             raise CellSkipped(f"{cell.key} is being trained by another worker")
 
+    def _refuse_overrun(self, trial: optuna.Trial, cell: Cell) -> None:
+        """Leave a cell whose row's records say it needs more than what is left of ``--max-time``."""
+        if self.deadline is None:
+            return
+        left = (self.deadline - time.monotonic()) / 60
+        estimate = durations.expected_minutes(self.spec, self.spec.row(cell.row))
+        if estimate is not None and estimate.minutes > left:
+            say(
+                self.options,
+                f"{cell.key}: not started, it takes about {estimate.minutes:.0f} min "
+                f"({estimate.source}) and {max(left, 0):.0f} min of --max-time are left",
+            )
+            self._defer(trial, cell, "expected to outlast --max-time")
+
     def _defer(self, trial: optuna.Trial, cell: Cell, why: str) -> None:
         """A cell this worker cannot or should not run: back in the queue for a worker that can.
 
-        Its parent's model is on another machine, or its row is not among this worker's ``--rows``.
+        Its parent's model is on another machine, its row is not among this worker's ``--rows``, or
+        it would outlast ``--max-time``.
         """
         trial.set_user_attr("skipped", why)
         queue.enqueue(trial.study, cell)

@@ -51,7 +51,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--max-time",
         type=float,
         metavar="MINUTES",
-        help="take no new cell after this many minutes (the cell in training finishes)",
+        help="take no new cell after this many minutes (the cell in training finishes), nor one its "
+        "row's records say needs longer than the minutes left",
     )
     add_env_flags(run)
     run.add_argument("--no-progress", action="store_true", help="no progress bar per cell")

@@ -3,6 +3,7 @@ finished elsewhere, failed cells (retried by the next command, not in a loop), a
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -74,6 +75,31 @@ def test_max_time_stops_taking_cells_and_rows_limit_what_is_run(
     assert waiting == {"a-seed1", "a-seed2"}
     bad = run_cli("campaign", "run", spec.name, "--max-time", "-1")
     assert bad.code == 2 and "--max-time must be" in bad.err
+
+
+def test_max_time_leaves_a_cell_its_row_s_records_say_would_outlast_it(
+    here: Path,
+    mnist_dir: Path,
+    quick_tracking_uri: str,
+    run_cli,  # noqa: ANN001
+) -> None:
+    spec = write_campaign(here, seeds=[0], rows=[dense_row("a")])
+    first = run(run_cli, spec, mnist_dir, quick_tracking_uri, "--max-time", "5")
+    assert first.code == 0, first.err
+    assert records(here) == ["a-seed0"]  # no record to time the row by yet: taken
+    record_file = here / RESULTS / "runs" / "a-seed0.json"
+    data = json.loads(record_file.read_text())
+    data["training_seconds"] = 3600.0  # now the row's one record says an hour a cell
+    record_file.write_text(json.dumps(data))
+    write_campaign(here, seeds=[0, 1], rows=[dense_row("a")])
+    boxed = run(run_cli, spec, mnist_dir, quick_tracking_uri, "--max-time", "5")
+    assert boxed.code == 0, boxed.err
+    assert "a-seed1: not started, it takes about 60 min (median of 1 record of the row)" in boxed.err
+    assert records(here) == ["a-seed0"]
+    assert "about 60 min a cell" in boxed.out  # the status printed after the run
+    unboxed = run(run_cli, spec, mnist_dir, quick_tracking_uri)
+    assert unboxed.code == 0, unboxed.err
+    assert records(here) == ["a-seed0", "a-seed1"]  # without a time box it runs
 
 
 def test_a_killed_worker_s_cell_is_retried_by_the_next_command(
