@@ -21,7 +21,7 @@ EXAMPLES = """examples:
   sparsebench campaign check sweeps/campaigns/mnist.yaml
   sparsebench campaign check mnist --update-copy    # after editing a spec (paper numbers, labels)
   sparsebench campaign run sweeps/campaigns/mnist.yaml --workers 2 --max-time 150
-  sparsebench campaign run mnist --rows lenet5-dense,lenet5-sparse_vd
+  sparsebench campaign run mnist --rows lenet5-dense-20ep,lenet5-sparse_vd
   sparsebench campaign run mnist --storage postgresql+psycopg2://user:pw@db-host/campaigns
   sparsebench campaign status mnist
   sparsebench campaign status mnist --json

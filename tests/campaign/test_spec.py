@@ -44,7 +44,7 @@ def test_the_shipped_mnist_campaign_declares_the_issue_rows_with_three_seeds() -
     assert {f"lenet300_100-variational_dropout-{v}" for v in ("A", "A2", "B")} <= names
     assert {"lenet5-dense", "lenet5-sparse_vd", "lenet5-group_nj", "lenet5-group_hs"} <= names
     assert all(r.seeds == (0, 1, 2) for r in spec.rows)
-    assert spec.row("lenet5-sparse_vd").init_from_row == "lenet5-dense"
+    assert spec.row("lenet5-sparse_vd").init_from_row == "lenet5-dense-20ep"
     assert spec.row("lenet300_100-magnitude-50x").config["method.sparsity"] == 0.98
     assert spec.row("lenet300_100-group_nj-kl3").config == {"method.kl_weight": 3.0}
     assert spec.row("lenet5-group_hs").paper.compression_precision == 419.0
