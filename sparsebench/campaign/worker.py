@@ -143,6 +143,8 @@ class CellObjective:
         """The rows this worker runs (``--rows``); queued cells of others go back to the queue."""
         self.deadline = deadline
         """``time.monotonic()`` at which ``--max-time`` ends; None without one."""
+        self.too_long: set[str] = set()
+        """Rows already reported as outlasting ``--max-time`` (said once per row)."""
 
     def __call__(self, trial: optuna.Trial) -> float:
         if not queue.claim(self.options.storage, trial):
@@ -198,11 +200,13 @@ class CellObjective:
         left = (self.deadline - time.monotonic()) / 60
         estimate = durations.expected_minutes(self.spec, self.spec.row(cell.row))
         if estimate is not None and estimate.minutes > left:
-            say(
-                self.options,
-                f"{cell.key}: not started, it takes about {estimate.minutes:.0f} min "
-                f"({estimate.source}) and {max(left, 0):.0f} min of --max-time are left",
-            )
+            if cell.row not in self.too_long:
+                self.too_long.add(cell.row)
+                say(
+                    self.options,
+                    f"{cell.row}: no cell started, one takes about {estimate.minutes:.0f} min "
+                    f"({estimate.source}) and {max(left, 0):.0f} min of --max-time are left",
+                )
             self._defer(trial, cell, "expected to outlast --max-time")
 
     def _defer(self, trial: optuna.Trial, cell: Cell, why: str) -> None:

@@ -94,7 +94,7 @@ def test_max_time_leaves_a_cell_its_row_s_records_say_would_outlast_it(
     write_campaign(here, seeds=[0, 1], rows=[dense_row("a")])
     boxed = run(run_cli, spec, mnist_dir, quick_tracking_uri, "--max-time", "5")
     assert boxed.code == 0, boxed.err
-    assert "a-seed1: not started, it takes about 60 min (median of 1 record of the row)" in boxed.err
+    assert "a: no cell started, one takes about 60 min (median of 1 record of the row)" in boxed.err
     assert records(here) == ["a-seed0"]
     assert "about 60 min a cell" in boxed.out  # the status printed after the run
     unboxed = run(run_cli, spec, mnist_dir, quick_tracking_uri)
