@@ -18,11 +18,11 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+from matplotlib.ticker import MaxNLocator
 
 from sparsebench.report.document import Block
 from sparsebench.report.dropout_orderings import VARIANTS
-from sparsebench.report.palette import fitted_legend, style
+from sparsebench.report.palette import fitted_legend, plain_log_y, style
 from sparsebench.report.sections import save
 
 PANELS = (
@@ -123,10 +123,7 @@ def validation_curves(curves: pd.DataFrame) -> Figure | None:
                 continue
             ax.plot(lines.index, lines["mean"], color=palette[variant], lw=1.5, marker="o", ms=2.5)
             ax.fill_between(lines.index, lines["min"], lines["max"], color=palette[variant], alpha=0.18, lw=0)
-        ax.set_yscale("log")  # early epochs are far above the end, where the variants differ
-        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 1.2, 1.5, 2.0, 3.0, 5.0, 7.0)))
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.yaxis.set_minor_formatter(NullFormatter())
+        plain_log_y(ax)  # early epochs are far above the end, where the variants differ
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(f"width {width}", fontsize=10)
         ax.set_ylabel("validation error %")

@@ -162,7 +162,7 @@ def draw(stats: pd.DataFrame, runs: pd.DataFrame):  # noqa: ANN201 - a matplotli
     import matplotlib.pyplot as plt
     from matplotlib.ticker import NullFormatter
 
-    from sparsebench.report.palette import fitted_legend, palette, style
+    from sparsebench.report.palette import fitted_legend, palette, plain_log_y, style
 
     style()
     tasks = list(dict.fromkeys(stats.task))
@@ -187,7 +187,7 @@ def draw(stats: pd.DataFrame, runs: pd.DataFrame):  # noqa: ANN201 - a matplotli
             ax.fill_between(x[band], low, high, color=colours.of(method), alpha=0.2, lw=0)
         targets = sorted(part.target.unique())
         ax.set_xscale("log")
-        ax.set_yscale("log")
+        plain_log_y(ax)
         ax.set_xticks(
             [compression(t) for t in targets], [f"{pct(t)}\n{fmt_x(compression(t))}" for t in targets]
         )

@@ -97,6 +97,15 @@ def compression_axis(ax: plt.Axes, low: float, high: float) -> None:
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
+def plain_log_y(ax: plt.Axes) -> None:
+    """Log y axis with plain numbers at 1, 1.2, 1.5, 2, 3, 5, 7 per decade: an error axis spans less
+    than a decade, where matplotlib's default labels each minor tick as a power of ten."""
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 1.2, 1.5, 2.0, 3.0, 5.0, 7.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
 def label_of(method: str, setting: str, several: bool) -> str:
     return f"{method} ({setting})" if several and setting != "default" else method
 
