@@ -12,13 +12,14 @@ with the machine and with how many workers shared it, so this is a planning figu
 
 from __future__ import annotations
 
-import json
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from sparsebench import record
 from sparsebench.campaign.cells import recorded_cells
 from sparsebench.campaign.spec import CampaignSpec, Row
+from sparsebench.errors import ConfigError
 from sparsebench.report.formatting import plural
 
 
@@ -35,10 +36,10 @@ def recorded_minutes(results: Path) -> dict[str, list[float]]:
     found: dict[str, list[float]] = {}
     for cell, path in recorded_cells(results).items():
         try:
-            seconds = json.loads(path.read_text()).get("training_seconds")
-        except (OSError, ValueError):
+            seconds = record.read(path).training_seconds
+        except ConfigError:
             continue
-        if isinstance(seconds, (int, float)) and seconds > 0:
+        if seconds is not None and seconds > 0:
             found.setdefault(cell.row, []).append(seconds / 60.0)
     return found
 
@@ -77,19 +78,3 @@ def grid_neighbours(row: Row, other: Row) -> bool:
 
 def is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def work_left(spec: CampaignSpec, missing: dict[str, int]) -> tuple[float, list[str]]:
-    """Estimated worker-minutes of the missing cells (``missing``: count by row name), and the rows
-    whose cells have no estimate."""
-    recorded = recorded_minutes(spec.results)
-    total, unknown = 0.0, []
-    for name, count in missing.items():
-        if count <= 0:
-            continue
-        estimate = expected_minutes(spec, spec.row(name), recorded)
-        if estimate is None:
-            unknown.append(name)
-        else:
-            total += count * estimate.minutes
-    return total, unknown

@@ -3,7 +3,6 @@ nothing to go by for a different variant; the time box and the status that read 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ import pytest
 from sparsebench.campaign import durations
 from sparsebench.campaign.spec import load_campaign
 from sparsebench.campaign.status import campaign_status, render
+from sparsebench.record import RunRecord
 from tests.campaign import FAST, RESULTS, write_campaign
 
 
@@ -30,11 +30,13 @@ ROWS = [
 ]
 
 
-def put_record(root: Path, key: str, seconds: Any) -> None:
-    """The field the estimate reads, in a record file's place (the rest of a record plays no part)."""
+def put_record(root: Path, key: str, seconds: float | None) -> None:
+    """A minimal valid run record with this training time (the rest plays no part in the estimate)."""
     folder = root / RESULTS / "runs"
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{key}.json").write_text(json.dumps({"training_seconds": seconds}))
+    run = RunRecord(run_id=key, task="lenet300_100", method="l0", seed=0, config={}, versions={},
+                    metrics={}, layers=[], training_seconds=seconds)  # fmt: skip
+    (folder / f"{key}.json").write_text(run.to_json())
 
 
 @pytest.fixture()
