@@ -69,6 +69,15 @@ class CellSkipped(Exception):
     """The trial runs nothing (a duplicate, or a parent model that is on another machine)."""
 
 
+class ClaimLost(BaseException):  # noqa: N818 - a signal, not an error
+    """The storage handed this worker a trial that another worker had already claimed.
+
+    A BaseException on purpose: optuna tells the trial's outcome for any Exception, and this trial
+    is the other worker's to tell; a BaseException leaves optuna's loop untold (its heartbeat thread
+    stops with it), so the trial stays running under its owner and this worker takes the next one.
+    """
+
+
 def run_worker(spec: CampaignSpec, rows: tuple[Row, ...], options: WorkerOptions) -> WorkerSummary:
     """Take cells until the queue holds none this worker can run, or ``max_time`` has passed."""
     record.code_commit()  # the commit of the code imported now; every record of this worker carries it
@@ -99,10 +108,12 @@ def run_worker(spec: CampaignSpec, rows: tuple[Row, ...], options: WorkerOptions
 
 
 def take_one(study: optuna.Study, objective: CellObjective) -> None:
-    """Run one queued trial; a trial that the worker which claimed it has finished is let be."""
+    """Run one queued trial; one that another worker claimed first (or has finished) is let be."""
     try:
         with quiet_trials():
             study.optimize(objective, n_trials=1, catch=(SparsebenchError, CellSkipped))
+    except ClaimLost:  # the trial is its owner's to tell; the worker's loop takes the next one
+        pass
     except ValueError as exc:  # optuna's "Cannot tell a COMPLETE trial": see queue.claim
         if not str(exc).startswith("Cannot tell a"):
             raise
@@ -148,7 +159,8 @@ class CellObjective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         if not queue.claim(self.options.storage, trial):
-            self._wait_for_owner(trial)
+            say(self.options, f"trial {trial.number} was claimed by another worker first; taking the next")
+            raise ClaimLost(trial.number)
         trial.set_user_attr("worker", worker_id())
         trial.set_user_attr("host", queue.host())
         cell = queue.cell_of(trial)  # type: ignore[arg-type]
@@ -174,17 +186,6 @@ class CellObjective:
         except Exception as exc:  # a bug: recorded as the cell's failure, then the worker stops
             trial.set_user_attr("failure", f"{type(exc).__name__}: {exc}"[:500])
             raise
-
-    def _wait_for_owner(self, trial: optuna.Trial) -> None:
-        """The storage handed this very trial to another worker first: wait until it has finished it
-        (or died, when ``reclaim`` fails the trial), then give the trial back without touching it."""
-        say(self.options, f"trial {trial.number} went to another worker too; it trains the cell")
-        while True:
-            queue.reclaim(trial.study, self.spec, self.options.storage)
-            now = trial.study.get_trials(deepcopy=False)
-            if next(t for t in now if t.number == trial.number).state.is_finished():
-                raise CellSkipped(f"trial {trial.number} was finished by the worker that claimed it")
-            time.sleep(self.options.poll)
 
     def _refuse_duplicate(self, trial: optuna.Trial, cell: Cell) -> None:
         """Two commands may enqueue one cell at the same moment: the lower trial number trains it."""
