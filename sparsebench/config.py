@@ -84,6 +84,7 @@ class TrainConfig:
         False,
         "bf16 autocast on CPU too (oneDNN's AMX / AVX512-BF16 kernels where the CPU has them: LeNet-5 steps "
         "1.5-1.8x faster); off keeps CPU runs in fp32, as every CPU record made before it",
+        predating=False,
     )
 
 

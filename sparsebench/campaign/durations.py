@@ -6,19 +6,25 @@ well over an hour), so a worker that stops taking cells only when its time is up
 in its last minute and overrun the box by an hour. The records say how long each row took: a record's
 ``training_seconds`` is the wall clock of its epochs. The estimate for a cell is the median over its
 row's records or, for a row without any yet, over the records of the rows that differ from it only in
-numbers (another grid point of one method costs about the same); with neither it is unknown. Wall clock moves
-with the machine and with how many workers shared it, so this is a planning figure, not a promise.
+numbers (another grid point of one method costs about the same); with neither, the longest record of the
+same task, method and cost settings in the other campaigns under the same reports folder (the matched-sparsity
+comparison's first random-pruning cell is timed by the leaderboard's random rows); with none of these it is
+unknown. Wall clock moves with the machine and with how many workers shared it, so this is a planning figure,
+not a promise.
 """
 
 from __future__ import annotations
 
+import functools
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sparsebench import record
 from sparsebench.campaign.cells import recorded_cells
 from sparsebench.campaign.spec import CampaignSpec, Row
+from sparsebench.config import IDENTITY_KEYS
 from sparsebench.errors import ConfigError
 from sparsebench.report.formatting import plural
 
@@ -61,7 +67,63 @@ def expected_minutes(
     if kin:
         source = f"median of {plural(len(kin), 'record')} of other {row.task} / {row.method} grid points"
         return Estimate(statistics.median(kin), source)
-    return None
+    return elsewhere_minutes(spec, row)
+
+
+COST_KEYS = ("train.epochs", "train.batch_size", "train.cpu_amp", "train.amp")
+"""What sets a cell's cost beside the task's own settings (its size): the same network for as many
+steps of the same batch at the same precision costs about the same whatever the method's numbers."""
+
+
+def cost_signature(task: str, method: str, config: dict[str, Any]) -> tuple[Any, ...]:
+    chosen = sorted(
+        (k, repr(v))
+        for k, v in config.items()
+        if (k.startswith("task.") or k in COST_KEYS) and k not in IDENTITY_KEYS
+    )
+    return (task, method, *chosen)
+
+
+def elsewhere_minutes(spec: CampaignSpec, row: Row) -> Estimate | None:
+    """The longest record, in the other campaigns' folders, of the row's task and method with its cost
+    settings: the longest, because the method's own settings (a variant) may still cost more."""
+    from sparsebench.run.plan import plan_run
+
+    try:
+        wanted = cost_signature(
+            row.task, row.method, plan_run(row.task, row.method, row.overrides(0)).flat_config()
+        )
+    except ConfigError:
+        return None
+    found = [
+        cost[1]
+        for folder in sorted(spec.results.parent.glob("*/"))
+        if folder.resolve() != spec.results.resolve()
+        for path in recorded_cells(folder).values()
+        if (cost := record_cost(path)) is not None and cost[0] == wanted
+    ]
+    if not found:
+        return None
+    source = f"longest of {plural(len(found), 'record')} of {row.task} / {row.method} in other campaigns"
+    return Estimate(max(found), source)
+
+
+@functools.lru_cache(maxsize=4096)
+def record_cost(path: Path) -> tuple[tuple[Any, ...], float] | None:
+    """(cost signature, training minutes) of one record; cached, as a record is never edited once written.
+
+    A record made before an option existed is read with that option's ``predating`` value, so an old
+    record's signature is the one its run had."""
+    from sparsebench.run.plan import recorded_overrides
+
+    try:
+        run = record.read(path)
+        config = recorded_overrides(run.task, run.method, run.config)
+    except ConfigError:
+        return None
+    if run.training_seconds is None or run.training_seconds <= 0:
+        return None
+    return cost_signature(run.task, run.method, config), run.training_seconds / 60.0
 
 
 def grid_neighbours(row: Row, other: Row) -> bool:

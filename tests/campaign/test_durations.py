@@ -30,12 +30,19 @@ ROWS = [
 ]
 
 
-def put_record(root: Path, key: str, seconds: float | None) -> None:
+def put_record(
+    root: Path,
+    key: str,
+    seconds: float | None,
+    results: str = RESULTS,
+    method: str = "l0",
+    config: dict[str, Any] | None = None,
+) -> None:
     """A minimal valid run record with this training time (the rest plays no part in the estimate)."""
-    folder = root / RESULTS / "runs"
+    folder = root / results / "runs"
     folder.mkdir(parents=True, exist_ok=True)
-    run = RunRecord(run_id=key, task="lenet300_100", method="l0", seed=0, config={}, versions={},
-                    metrics={}, layers=[], training_seconds=seconds)  # fmt: skip
+    run = RunRecord(run_id=key, task="lenet300_100", method=method, seed=0, config=config or {},
+                    versions={}, metrics={}, layers=[], training_seconds=seconds)  # fmt: skip
     (folder / f"{key}.json").write_text(run.to_json())
 
 
@@ -66,6 +73,22 @@ def test_a_row_without_records_borrows_its_grid_neighbours_only(spec, tmp_path: 
     assert minutes(spec, "long") is None  # three times the epochs
     put_record(tmp_path, "vd-A-seed0", 600)
     assert minutes(spec, "vd-B") is None  # Kingma's B costs several times A
+
+
+def test_a_row_new_to_its_campaign_takes_the_longest_matching_record_of_another(spec, tmp_path: Path) -> None:  # noqa: ANN001
+    """Same task, method, epochs, batch and precision elsewhere: the longest, as a variant may cost more."""
+    same = {"train.epochs": 1, "train.batch_size": 100, "train.amp": True}  # an old record: no cpu_amp key
+    other = "reports/leaderboard"
+    put_record(tmp_path, "vd-C-seed0", 600, other, "variational_dropout", {**same, "method.variant": "A"})
+    put_record(tmp_path, "vd-D-seed0", 1500, other, "variational_dropout", {**same, "method.variant": "B"})
+    put_record(tmp_path, "vd-E-seed0", 9000, other, "variational_dropout", {**same, "train.epochs": 200})
+    put_record(tmp_path, "vd-F-seed0", 9000, other, "variational_dropout", {**same, "train.cpu_amp": True})
+    estimate = durations.expected_minutes(spec, spec.row("vd-A"))
+    assert estimate.minutes == pytest.approx(25.0)  # not the 200-epoch or the bf16 record
+    assert estimate.source == "longest of 2 records of lenet300_100 / variational_dropout in other campaigns"
+    put_record(tmp_path, "vd-A-seed0", 60)  # a record of its own outranks every other campaign's
+    assert minutes(spec, "vd-A") == pytest.approx(1.0)
+    assert minutes(spec, "weight") is None  # no l0 record anywhere else
 
 
 def test_records_without_a_usable_time_are_left_out(spec, tmp_path: Path) -> None:  # noqa: ANN001
