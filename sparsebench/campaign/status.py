@@ -160,7 +160,7 @@ def work_left_lines(left: dict[str, Any], width: int) -> list[str]:
     parts = []
     if left["worker_minutes"]:
         parts.append(
-            f"about {left['worker_minutes'] / 60:.1f} worker-hours (the records' median training times)"
+            f"about {left['worker_minutes'] / 60:.1f} worker-hours (timed by the records, as each row shows)"
         )
     if unknown:
         names = ", ".join(unknown[:3]) + (f" and {len(unknown) - 3} more" if len(unknown) > 3 else "")
