@@ -25,7 +25,7 @@ from sparsebench import record
 from sparsebench.campaign.cells import recorded_cells
 from sparsebench.campaign.spec import CampaignSpec, Row
 from sparsebench.config import IDENTITY_KEYS
-from sparsebench.errors import ConfigError
+from sparsebench.errors import ConfigError, SparsebenchError
 from sparsebench.report.formatting import plural
 
 
@@ -93,7 +93,7 @@ def elsewhere_minutes(spec: CampaignSpec, row: Row) -> Estimate | None:
         wanted = cost_signature(
             row.task, row.method, plan_run(row.task, row.method, row.overrides(0)).flat_config()
         )
-    except ConfigError:
+    except SparsebenchError:
         return None
     found = [
         cost[1]
@@ -119,7 +119,7 @@ def record_cost(path: Path) -> tuple[tuple[Any, ...], float] | None:
     try:
         run = record.read(path)
         config = recorded_overrides(run.task, run.method, run.config)
-    except ConfigError:
+    except SparsebenchError:  # unreadable, or made by a plugin not installed here: no estimate from it
         return None
     if run.training_seconds is None or run.training_seconds <= 0:
         return None

@@ -83,6 +83,7 @@ def test_a_row_new_to_its_campaign_takes_the_longest_matching_record_of_another(
     put_record(tmp_path, "vd-D-seed0", 1500, other, "variational_dropout", {**same, "method.variant": "B"})
     put_record(tmp_path, "vd-E-seed0", 9000, other, "variational_dropout", {**same, "train.epochs": 200})
     put_record(tmp_path, "vd-F-seed0", 9000, other, "variational_dropout", {**same, "train.cpu_amp": True})
+    put_record(tmp_path, "x-seed0", 9000, other, "a_plugin_not_installed_here", same)
     estimate = durations.expected_minutes(spec, spec.row("vd-A"))
     assert estimate.minutes == pytest.approx(25.0)  # not the 200-epoch or the bf16 record
     assert estimate.source == "longest of 2 records of lenet300_100 / variational_dropout in other campaigns"
