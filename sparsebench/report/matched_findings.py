@@ -13,7 +13,8 @@ says whether MNIST agrees from the numbers, never from a sentence written by han
   t-test, p < 0.05). A lowest mean alone is no verdict: where every method has collapsed, means of
   70-90 % error differ by noise;
 - L0 regularisation is less reliable: its test error varies more from seed to seed, relative to its
-  mean (coefficient of variation, averaged over targets), than magnitude pruning's and Sparse VD's.
+  mean (coefficient of variation, averaged over the targets every compared method reaches with two
+  seeds or more), than magnitude pruning's and Sparse VD's.
 """
 
 from __future__ import annotations
@@ -102,25 +103,34 @@ def sparse_vd_highest(table: pd.DataFrame, task: str) -> str:
     return f"{verdict.get(outcome, 'disagrees' if outcome == 'worse' else 'undecided')}: {words}"
 
 
-def variation(chosen: pd.DataFrame, task: str) -> dict[str, float]:
-    """Per method, the coefficient of variation of test error over seeds, averaged over targets (n >= 2)."""
-    out = {}
-    for method, group in chosen[chosen.task == task].groupby("method"):
-        per_target = group.groupby("target").test.agg(["std", "mean", "count"])
-        per_target = per_target[(per_target["count"] >= 2) & (per_target["mean"] > 0)]
-        if not per_target.empty:
-            out[str(method)] = float((per_target["std"] / per_target["mean"]).mean())
-    return out
+def variation(chosen: pd.DataFrame, task: str, methods: tuple[str, ...]) -> tuple[dict[str, float], int]:
+    """Per method, the coefficient of variation of test error over seeds, averaged over the targets at
+    which every one of ``methods`` has two seeds or more, and how many targets that is. Shared targets
+    only: a method averaged over targets the others lack (or that collapsed for it alone) would be
+    judged on other ground."""
+    here = chosen[(chosen.task == task) & chosen.method.isin(methods)]
+    per_point = here.groupby(["method", "target"]).test.agg(["std", "mean", "count"]).reset_index()
+    per_point = per_point[(per_point["count"] >= 2) & (per_point["mean"] > 0)]
+    present = per_point.groupby("target").method.nunique()
+    shared = present[present == len(methods)].index
+    if len(shared) == 0:
+        return {}, 0
+    per_point = per_point[per_point.target.isin(shared)]
+    cv = (per_point["std"] / per_point["mean"]).groupby(per_point.method).mean()
+    return {m: float(cv[m]) for m in methods}, len(shared)
 
 
 def l0_reliability(chosen: pd.DataFrame, task: str) -> str:
-    cv = variation(chosen, task)
-    others = {m: cv[m] for m in (MAGNITUDE, SPARSE_VD) if m in cv}
-    if L0 not in cv or not others:
-        return "cannot be judged: L0 and magnitude pruning or Sparse VD need two seeds at some target"
-    words = ", ".join(f"{m} {100 * v:.1f} %" for m, v in {L0: cv[L0], **others}.items())
-    verdict = "agrees" if all(cv[L0] > v for v in others.values()) else "disagrees"
-    return f"{verdict}: seed-to-seed variation of the test error (std / mean, averaged over targets) {words}"
+    methods = tuple(m for m in (L0, MAGNITUDE, SPARSE_VD) if m in set(chosen[chosen.task == task].method))
+    cv, shared = variation(chosen, task, methods) if L0 in methods and len(methods) > 1 else ({}, 0)
+    if not shared:
+        return "cannot be judged: L0 and magnitude pruning or Sparse VD need two seeds at a shared target"
+    words = ", ".join(f"{m} {100 * v:.1f} %" for m, v in cv.items())
+    verdict = "agrees" if all(cv[L0] > v for m, v in cv.items() if m != L0) else "disagrees"
+    return (
+        f"{verdict}: seed-to-seed variation of the test error (std / mean, averaged over the {shared} "
+        f"target{'s' if shared != 1 else ''} all of them reach with two seeds or more) {words}"
+    )
 
 
 def findings(chosen: pd.DataFrame) -> list[str]:
