@@ -282,11 +282,15 @@ def paired_tests(matched: pd.DataFrame, min_pairs: int = MIN_PAIRS) -> pd.DataFr
     return pd.DataFrame(rows, columns=columns)
 
 
-def best_at_levels(summary: pd.DataFrame, tests: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
+def best_at_levels(
+    summary: pd.DataFrame, tests: pd.DataFrame, alpha: float = ALPHA, min_seeds: int = MIN_PAIRS
+) -> pd.DataFrame:
     """Mark, per task and level, the method with the lowest mean and who differs from it.
 
     Adds ``best`` (bool) and ``vs_best`` to ``summary``: ``worse`` when the paired test against
     the best has p < alpha, ``n.s.`` when it has not, and empty when seeds were too few to test.
+    Only a method with ``min_seeds`` seeds or more can be best: one seed's lucky error is no lead
+    that a test could confirm.
     """
     out = summary.copy()
     out["best"] = False
@@ -294,9 +298,10 @@ def best_at_levels(summary: pd.DataFrame, tests: pd.DataFrame, alpha: float = AL
     out["p_vs_best"] = math.nan
     for (_task, _level), group in out.groupby(["task", "level"], sort=False):
         valid = group.dropna(subset=["test_metric_mean"])
-        if valid.empty:
+        testable = valid[valid.n >= min_seeds]
+        if testable.empty:
             continue
-        best_index = valid.test_metric_mean.idxmin()
+        best_index = testable.test_metric_mean.idxmin()
         best = out.at[best_index, "method"]
         out.at[best_index, "best"] = True
         for index in valid.index.drop(best_index):

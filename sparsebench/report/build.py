@@ -281,9 +281,10 @@ def _preamble(request: ReportRequest, runs: pd.DataFrame, command: str) -> list[
         Block(
             "note",
             "Error is the task's test metric of the exported model (weights the method removed are exact "
-            "zeros); every count is made by the core on that model. Mean ± sample std over seeds; 95 % CI of "
-            "the mean from Student's t. *Quoted* rows are the papers' published numbers, not recomputed "
-            "here.",
+            "zeros); every count is made by the core on that model. A ± is either the sample std over seeds "
+            "or the half-width of the 95 % Student's t interval of the mean: each table's note says "
+            "which (the leaderboard and the matched-sparsity table use the interval, so the same runs "
+            "read wider there). *Quoted* rows are the papers' published numbers, not recomputed here.",
         ),
     ]
 

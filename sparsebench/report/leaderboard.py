@@ -29,7 +29,7 @@ from sparsebench.report.writers import to_markdown
 
 START = "<!-- leaderboard:start -->"
 END = "<!-- leaderboard:end -->"
-COLUMNS = ("test", "compression", "compression_structured", "compression_precision")
+COLUMNS = ("test", "compression", "compression_structured", "compression_precision", "test_precision")
 OPTIONAL = {"compression_structured": "structured", "compression_precision": "with bits"}
 GRID_MARK = " †"
 """Follows the name of a grid row of the matched-sparsity comparison (``grid_note`` says why)."""
@@ -55,6 +55,8 @@ def leaderboard_table(records: RecordSet) -> Table:
             line[OPTIONAL.get(column, column)] = _ratio(
                 mean, getattr(found, f"{column}_ci_low"), getattr(found, f"{column}_ci_high")
             )
+        if not math.isnan(found.test_precision_mean) and line["with bits"] != DASH:
+            line["with bits"] += f" at {found.test_precision_mean:.2f} %"
         line["paper (quoted)"] = paper_text(row)
         line["command"] = f"sparsebench reproduce {records.folder.as_posix()} --row {row.name}"
         lines.append(line)
@@ -105,11 +107,16 @@ def paper_text(row: RecordRow) -> str:
 
 
 def note(records: RecordSet) -> str:
-    cited = sorted({str(r.paper["citation"]) for r in records.rows if r.paper and r.paper.get("citation")})
+    cited = sorted(
+        str(r.paper["citation"]) + (f" ({r.paper['note']})" if r.paper.get("note") else "")
+        for r in records.rows
+        if r.paper and r.paper.get("citation")
+    )
+    cited = list(dict.fromkeys(cited))
     text = (
         "Test error of the exported model and weights-only compression |W| / |W != 0|; structured: the "
         "network left once dead neurons and filters are removed; with bits: storage at the precision the "
-        "posterior allows. Mean ± half-width of the 95 % confidence interval (Student's t) over distinct "
+        "posterior allows, at the test error of the model rounded to that precision (mean over seeds). Mean ± half-width of the 95 % confidence interval (Student's t) over distinct "
         "seeds; one seed shows its value alone."
     )
     if cited:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from sparsebench.report.aggregate import best_at_levels, matched_summary, paired_tests
+from sparsebench.report.aggregate import MIN_PAIRS, best_at_levels, matched_summary, paired_tests
 from sparsebench.report.matched_points import pct
 
 MAGNITUDE, SPARSE_VD, L0 = "magnitude", "sparse_vd", "l0"
@@ -78,7 +78,12 @@ def lowest(here: pd.DataFrame, row: pd.Series, target: float) -> tuple[str, str]
         return "best", f"best {words}"
     close = unresolved.iloc[0]
     why = f"p = {close.p_vs_best:.2g}" if close.vs_best == "n.s." else "too few paired seeds to test"
-    return "lowest", f"lowest mean {words}, not significantly below {close.method} ({why})"
+    which = (
+        "lowest mean"
+        if runner >= row.test_metric_mean
+        else f"lowest mean of the methods with {MIN_PAIRS}+ seeds"
+    )
+    return "lowest", f"{which} {words}, not significantly below {close.method} ({why})"
 
 
 def magnitude_moderate(table: pd.DataFrame, task: str) -> str:
@@ -133,15 +138,25 @@ def l0_reliability(chosen: pd.DataFrame, task: str) -> str:
     )
 
 
-def findings(chosen: pd.DataFrame) -> list[str]:
-    """Markdown lines: each published finding, then the verdict of every task's records."""
+def findings(chosen: pd.DataFrame, unfinished: dict[str, list[str]] | None = None) -> list[str]:
+    """Markdown lines: each published finding, then the verdict of every task's records; a task with
+    an unfinished grid (``MatchedPoints.unfinished``) gets its verdicts marked provisional."""
     if chosen.empty:
         return []
+    tasks = sorted(chosen.task.unique())
+    unfinished = {t: m for t, m in (unfinished or {}).items() if t in tasks and m}
     table = judged(chosen)
     lines = [f"Published findings ({CITATION}) beside what our records say:"]
     rules = (magnitude_moderate, sparse_vd_highest, lambda t, task: l0_reliability(chosen, task))
     for claim, rule in zip(PUBLISHED, rules, strict=True):
         lines.append(f"- **{claim}.**")
-        for task in sorted(chosen.task.unique()):
-            lines.append(f"  - {task}: {rule(table, task)}")
+        for task in tasks:
+            mark = "provisional, " if unfinished.get(task) else ""
+            lines.append(f"  - {task}: {mark}{rule(table, task)}")
+    for task, methods in sorted(unfinished.items()):
+        lines.append(
+            f"\nProvisional for {task}: grids with points that lack records for every seed "
+            f"({'; '.join(methods)}); a missing point may win the validation choice at any target, "
+            "so each verdict there may still change."
+        )
     return lines

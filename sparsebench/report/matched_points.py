@@ -39,6 +39,8 @@ class MatchedPoints:
     """Why a row, seed or target has no point (no record, no curve point, short of the target)."""
     labels: dict[str, str] = field(default_factory=dict)
     """Row name -> what sets it apart within its method (``grid_label``)."""
+    unfinished: dict[str, list[str]] = field(default_factory=dict)
+    """Task -> one phrase per method whose grid still lacks records (``unfinished_grids``)."""
 
 
 def row_targets(row: RecordRow) -> tuple[float, ...]:
@@ -97,7 +99,8 @@ def matched_points(records: RecordSet) -> MatchedPoints:
             )
     candidates = pd.DataFrame(found, columns=COLUMNS)
     labels = {name: grid_label(row) for name, row in rows.items()}
-    return MatchedPoints(choose(candidates, list(rows)), candidates, gaps, labels)
+    chosen = choose(candidates, list(rows))
+    return MatchedPoints(chosen, candidates, gaps, labels, unfinished_grids(records, rows))
 
 
 def final_point(rec: Any) -> dict[str, float] | None:
@@ -141,6 +144,23 @@ def choose(candidates: pd.DataFrame, row_order: list[str]) -> pd.DataFrame:
     counts = ranked.groupby(keys).row.transform("size")
     chosen = ranked.assign(candidates=counts).drop_duplicates(keys, keep="first")
     return chosen.drop(columns=["_order", "_val"]).sort_values(keys).reset_index(drop=True)
+
+
+def unfinished_grids(records: RecordSet, rows: dict[str, RecordRow]) -> dict[str, list[str]]:
+    """Per task, the methods whose grid has points without a record for every seed
+    (``sparse_vd: 1 of 5 grid points``). Until a grid is complete, a point still missing may win the
+    validation choice at any target, so every verdict on that task is provisional."""
+    have = records.data.runs.groupby("setting").seed.apply(lambda s: {int(x) for x in s}).to_dict()
+    grids: dict[tuple[str, str], list[bool]] = {}
+    for name, row in rows.items():
+        if TARGETS in row.labels:
+            done = bool(have.get(name)) and set(row.seeds) <= have.get(name, set())
+            grids.setdefault((str(row.task), str(row.method)), []).append(done)
+    out: dict[str, list[str]] = {}
+    for (task, method), done in grids.items():
+        if not all(done):
+            out.setdefault(task, []).append(f"{method}: {sum(done)} of {len(done)} grid points")
+    return out
 
 
 def missing_cells(records: RecordSet, rows: dict[str, RecordRow]) -> list[str]:

@@ -34,6 +34,7 @@ FINAL_METRICS = {
     "compression_all": "compression_all",
     "compression_structured": "compression_structured",
     "compression_precision": "compression_precision",
+    "test_metric_precision": "test_precision",
     "flops_reduction": "flops_reduction",
     "weights": "weights",
     "nonzeros": "nonzeros",

@@ -274,9 +274,10 @@ def matched_table(
         f"final model and threshold curve) are cut to their Pareto front on the validation metric, the test "
         f"metric is interpolated along it on a log-compression axis, then mean ± std over seeds (n). Below "
         f"a front's lowest compression its first point counts (a model at least that compressed exists); "
-        f"{DASH}: beyond the highest compression any seed reached. **Bold**: lowest mean at that level; "
-        f"† worse than it, ≈ not distinguishable from it (paired t-test over shared seeds, p < {alpha}); "
-        f"no mark: fewer than {min_pairs} shared seeds."
+        f"{DASH}: beyond the highest compression any seed reached. **Bold**: lowest mean at that level "
+        f"among methods with {min_pairs} seeds or more; † worse than it (paired t-test over shared seeds, "
+        f"p < {alpha}); ≈ not shown worse by that test (p ≥ {alpha}: with {min_pairs} seeds it detects only "
+        f"large gaps, so ≈ is no proof of a tie); no mark: fewer than {min_pairs} shared seeds."
     )
     return Table("matched", "Matched compression", numbers, display, note)
 

@@ -29,7 +29,9 @@ KINDS = {
     "compression_precision": "with bits",
 }
 """Target key (also the run table's column) -> how a compression is named in a verdict."""
-METRICS = ("test", *KINDS)
+METRICS = ("test", *KINDS, "test_precision")
+PRECISION_ERROR = "test_precision"
+"""A with-bits target also holds the error of the model rounded to those bits (the records' mean)."""
 TOLERANCE = 1e-9
 """Means are compared with this slack so that a mean equal to its target (float sums) counts as met."""
 
@@ -55,8 +57,9 @@ class Verdict:
         """None when not judged; else whether the error and every named compression reach the target."""
         if not self.judged:
             return None
-        error_ok = self.gaps["test"] <= TOLERANCE
-        return error_ok and all(g >= 1 - TOLERANCE for k, g in self.gaps.items() if k != "test")
+        errors = ("test", PRECISION_ERROR)
+        error_ok = all(g <= TOLERANCE for k, g in self.gaps.items() if k in errors)
+        return error_ok and all(g >= 1 - TOLERANCE for k, g in self.gaps.items() if k not in errors)
 
 
 def verdicts(records: RecordSet) -> list[Verdict]:
@@ -84,6 +87,10 @@ def judge(row: RecordRow, stats: dict[str, Any] | None) -> Verdict:
         mean = float(stats[f"{key}_mean"])
         verdict.means[key] = mean
         verdict.gaps[key] = mean - float(goal) if key == "test" else mean / float(goal)
+    rounded = float(stats.get(f"{PRECISION_ERROR}_mean", math.nan))
+    if "compression_precision" in target and not math.isnan(rounded):
+        verdict.means[PRECISION_ERROR] = rounded
+        verdict.gaps[PRECISION_ERROR] = rounded - float(target["error"])
     return verdict
 
 
@@ -100,13 +107,20 @@ def target_text(target: dict[str, Any]) -> str:
 def means_text(verdict: Verdict) -> str:
     if not verdict.means:
         return "no records yet"
-    parts = [f"{verdict.means['test']:.2f} %"]
+    parts = [error_text(verdict.means["test"], verdict.gaps.get("test", 1.0))]
     for key, kind in KINDS.items():
         if key in verdict.means:
             value = verdict.means[key]
             shown = "not recorded" if math.isnan(value) else fmt_x(value)
             parts.append(shown if key == "compression" else f"{shown} {kind}")
+    if PRECISION_ERROR in verdict.means:
+        parts[-1] += f" at {error_text(verdict.means[PRECISION_ERROR], verdict.gaps[PRECISION_ERROR])}"
     return ", ".join(parts)
+
+
+def error_text(mean: float, gap: float) -> str:
+    """A mean error with two decimals, or three when two would print the target itself (1.923 vs 1.92)."""
+    return f"{mean:.3f} %" if 0 < abs(gap) < 0.005 else f"{mean:.2f} %"
 
 
 def verdict_text(verdict: Verdict) -> str:
@@ -115,11 +129,11 @@ def verdict_text(verdict: Verdict) -> str:
         return f"n = {verdict.seeds} < {MIN_SEEDS}, not judged"
     gaps = []
     for key, gap in verdict.gaps.items():
-        if key == "test":
+        if key in ("test", PRECISION_ERROR):
             # a gap that rounds to 0.00 at two decimals still decides met / not met: show it
-            gaps.append(
-                f"{gap:+.2f} points error" if abs(gap) >= 0.005 or gap == 0 else f"{gap:+.3f} points error"
-            )
+            points = f"{gap:+.2f}" if abs(gap) >= 0.005 or gap == 0 else f"{gap:+.3f}"
+            where = " at reduced precision" if key == PRECISION_ERROR else ""
+            gaps.append(f"{points} points error{where}")
             continue
         if math.isnan(gap):
             gaps.append(f"{KINDS[key]} compression not recorded")
@@ -166,7 +180,8 @@ def targets_table(records: RecordSet) -> Table | None:
 
 NOTE = (
     f"Each target is the campaign spec's (`target:` of a row): the mean over at least {MIN_SEEDS} "
-    "distinct seeds must be at most its test error and at least each compression it names. Gaps: "
+    "distinct seeds must be at most its test error and at least each compression it names; a target "
+    "with bits also needs the model rounded to those bits under its error. Gaps: "
     "the mean's test error minus the target's (points; negative is better), and the mean compression "
     "as a multiple of the target's (1x or more reaches it). What was tried is the spec's note."
 )

@@ -168,6 +168,19 @@ def test_best_at_levels_marks_best_and_significance() -> None:
     assert marked.loc["good", "test_metric_mean"] == pytest.approx(np.mean([1.0, 1.1, 1.2, 1.05]))
 
 
+def test_a_method_with_one_seed_is_never_best() -> None:
+    """One lucky seed (0.5) must not take the bold from a method whose three seeds a test can check."""
+    three = _matched({"steady": [1.0, 1.1, 1.2], "other": [2.0, 2.1, 2.2]}, [0, 1, 2])
+    lucky = _matched({"lucky": [0.5]}, [0])
+    matched = pd.concat([three, lucky])
+    summary = aggregate.matched_summary(matched)
+    marked = aggregate.best_at_levels(summary, aggregate.paired_tests(matched)).set_index("method")
+    assert marked.best.to_dict() == {"steady": True, "other": False, "lucky": False}
+    assert marked.loc["lucky", "vs_best"] == "" and marked.loc["other", "vs_best"] == "worse"
+    only_one = aggregate.matched_summary(lucky)
+    assert not aggregate.best_at_levels(only_one, aggregate.paired_tests(lucky)).best.any()
+
+
 def test_formatting_follows_the_papers() -> None:
     assert tables.fmt_x(280.4) == "280x" and tables.fmt_x(12.34) == "12.3x"
     assert tables.fmt_pm(1.923, 0.051) == "1.92 ± 0.05" and tables.fmt_pm(1.923, math.nan) == "1.92"

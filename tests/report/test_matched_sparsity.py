@@ -255,3 +255,15 @@ def test_seed_variation_is_compared_on_the_targets_every_method_shares(tmp_path:
         f"the 1 target all of them reach with two seeds or more) l0 {100 * cv_l0:.1f} %, "
         f"magnitude {100 * cv_mag:.1f} %"
     )
+
+
+def test_verdicts_are_provisional_while_a_grid_point_lacks_records(tmp_path: Path) -> None:
+    # l0-lam8.0 never ran: L0's grid has 2 of 3 points, Sparse VD's is complete
+    points = matched_points(load_records(folder(tmp_path, **PUBLISHED_CASE)))
+    assert points.unfinished == {"lenet300_100": ["l0: 2 of 3 grid points"]}
+    lines = findings(points.chosen, points.unfinished)
+    verdicts = [line for line in lines if line.startswith("  - ")]
+    assert len(verdicts) == 3 and all(v.startswith("  - lenet300_100: provisional, ") for v in verdicts)
+    assert lines[-1].strip().startswith("Provisional for lenet300_100: ") and "l0: 2 of 3" in lines[-1]
+    complete = points.chosen[points.chosen.method != "l0"]
+    assert not any("provisional" in line for line in findings(complete, {"lenet5": ["l0: 0 of 4"]}))

@@ -198,3 +198,38 @@ def test_a_gap_too_small_for_two_decimals_is_shown_with_three() -> None:
 
     verdict = Verdict(row="r", target={"error": 1.92}, seeds=3, means={"test": 1.9233}, gaps={"test": 0.0033})
     assert verdict_text(verdict) == "not met: +0.003 points error"
+
+
+def test_a_target_with_bits_also_judges_the_error_of_the_rounded_model(tmp_path: Path) -> None:
+    # full precision 0.95 % meets the 1.0 % target; rounded to its bits the model errs 1.02 % on average
+    rows = [{"name": "gnj", "task": "lenet5", "method": "group_nj", "target": ROWS[1]["target"]}]
+    folder = write_records_folder(tmp_path / "c", rows, [FakeCell("gnj", s, 0.95) for s in range(3)])
+    for seed, rounded in enumerate((1.0, 1.02, 1.04)):
+        path = record_path(folder, Cell("gnj", seed))
+        rec = record.read(path)
+        path.unlink()
+        metrics = {
+            "compression_structured": 120.0,
+            "compression_precision": 400.0,
+            "test_metric_precision": rounded,
+        }
+        record.write(rec.model_copy(update={"metrics": {**rec.metrics, **metrics}}), path)
+    (verdict,) = verdicts(load_records(folder))
+    assert verdict.gaps["test"] == pytest.approx(-0.05) and verdict.gaps["test_precision"] == pytest.approx(
+        0.02
+    )
+    assert verdict.met is False
+    assert verdict_text(verdict) == (
+        "not met: -0.05 points error, 1.11x of the 108x structured target, 1.11x of the 361x with bits "
+        "target, +0.02 points error at reduced precision"
+    )
+    table = targets_table(load_records(folder))
+    assert table.display.loc[0, "ours (mean)"] == "0.95 %, 120x structured, 400x with bits at 1.02 %"
+
+
+def test_a_mean_that_two_decimals_would_print_as_its_target_gets_three(tmp_path: Path) -> None:
+    rows = [{"name": "vd", "task": "lenet300_100", "method": "sparse_vd", "target": {"error": 1.92}}]
+    cells = [FakeCell("vd", s, t) for s, t in enumerate((1.87, 2.05, 1.85))]  # mean 1.9233
+    table = targets_table(load_records(write_records_folder(tmp_path / "c", rows, cells)))
+    assert table.display.loc[0, "ours (mean)"] == "1.923 %"
+    assert table.display.loc[0, "verdict"] == "not met: +0.003 points error"
