@@ -116,8 +116,9 @@ def note(records: RecordSet) -> str:
     text = (
         "Test error of the exported model and weights-only compression |W| / |W != 0|; structured: the "
         "network left once dead neurons and filters are removed; with bits: storage at the precision the "
-        "posterior allows, at the test error of the model rounded to that precision (mean over seeds). Mean ± half-width of the 95 % confidence interval (Student's t) over distinct "
-        "seeds; one seed shows its value alone."
+        "posterior allows, at the test error of the model rounded to that precision (mean over seeds). "
+        "Mean ± half-width of the 95 % confidence interval (Student's t) over distinct seeds; one seed "
+        "shows its value alone."
     )
     if cited:
         text += f" Paper numbers are quoted, not recomputed: {'; '.join(cited)}."
