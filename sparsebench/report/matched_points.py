@@ -146,11 +146,16 @@ def choose(candidates: pd.DataFrame, row_order: list[str]) -> pd.DataFrame:
     return chosen.drop(columns=["_order", "_val"]).sort_values(keys).reset_index(drop=True)
 
 
+def seeds_by_row(records: RecordSet) -> dict[str, set[int]]:
+    """Row name -> the distinct seeds its records hold."""
+    return records.data.runs.groupby("setting").seed.apply(lambda s: {int(x) for x in s}).to_dict()
+
+
 def unfinished_grids(records: RecordSet, rows: dict[str, RecordRow]) -> dict[str, list[str]]:
     """Per task, the methods whose grid has points without a record for every seed
     (``sparse_vd: 1 of 5 grid points``). Until a grid is complete, a point still missing may win the
     validation choice at any target, so every verdict on that task is provisional."""
-    have = records.data.runs.groupby("setting").seed.apply(lambda s: {int(x) for x in s}).to_dict()
+    have = seeds_by_row(records)
     grids: dict[tuple[str, str], list[bool]] = {}
     for name, row in rows.items():
         if TARGETS in row.labels:
@@ -165,7 +170,7 @@ def unfinished_grids(records: RecordSet, rows: dict[str, RecordRow]) -> dict[str
 
 def missing_cells(records: RecordSet, rows: dict[str, RecordRow]) -> list[str]:
     """One line per labelled row with seeds that have no record (the whole row when it has none)."""
-    have = records.data.runs.groupby("setting").seed.apply(lambda s: {int(x) for x in s}).to_dict()
+    have = seeds_by_row(records)
     lines = []
     for name, row in rows.items():
         seeds = set(row.seeds) or have.get(name, set())

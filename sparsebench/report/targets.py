@@ -29,9 +29,9 @@ KINDS = {
     "compression_precision": "with bits",
 }
 """Target key (also the run table's column) -> how a compression is named in a verdict."""
-METRICS = ("test", *KINDS, "test_precision")
 PRECISION_ERROR = "test_precision"
 """A with-bits target also holds the error of the model rounded to those bits (the records' mean)."""
+METRICS = ("test", *KINDS, PRECISION_ERROR)
 TOLERANCE = 1e-9
 """Means are compared with this slack so that a mean equal to its target (float sums) counts as met."""
 
