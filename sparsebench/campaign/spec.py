@@ -55,6 +55,10 @@ class PaperNumber(Section):
     """Units kept per layer as the paper prints them (conv: output filters, Linear: input units),
     e.g. ``219-214-100``; the report's architecture table sets it beside ours."""
     note: str = ""
+    differences: str = ""
+    """How our row's protocol differs from the one behind the quoted number (evaluation, data split,
+    a setting the paper does not give), so a reader can weigh the gap between the two; the report
+    lists it in its own table."""
 
 
 class Target(Section):

@@ -20,7 +20,7 @@ from sparsebench.report.aggregate import group_stats
 from sparsebench.report.architecture import architecture_table
 from sparsebench.report.formatting import DASH, fmt_x
 from sparsebench.report.matched_points import pct, row_targets
-from sparsebench.report.origins import origins_table
+from sparsebench.report.origins import differences_table, origins_table
 from sparsebench.report.records import RecordRow, RecordSet, load_records
 from sparsebench.report.select import NoMatchingRunsError
 from sparsebench.report.tables import Table
@@ -70,9 +70,9 @@ def leaderboard_table(records: RecordSet) -> Table:
 
 def campaign_tables(records: RecordSet) -> list[Table]:
     """The report's tables of campaign rows: the leaderboard, the targets (if any row declares one),
-    the units kept per layer (if any row removes units) and where each row's configuration came
-    from (its tuning budget)."""
-    optional = [targets_table(records), architecture_table(records)]
+    the units kept per layer (if any row removes units), how rows differ from their papers' protocols
+    (if any row says) and where each row's configuration came from (its tuning budget)."""
+    optional = [targets_table(records), architecture_table(records), differences_table(records)]
     return [leaderboard_table(records), *[t for t in optional if t is not None], origins_table(records)]
 
 

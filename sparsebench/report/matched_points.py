@@ -153,8 +153,8 @@ def seeds_by_row(records: RecordSet) -> dict[str, set[int]]:
 
 def unfinished_grids(records: RecordSet, rows: dict[str, RecordRow]) -> dict[str, list[str]]:
     """Per task, the methods whose grid has points without a record for every seed
-    (``sparse_vd: 1 of 5 grid points``). Until a grid is complete, a point still missing may win the
-    validation choice at any target, so every verdict on that task is provisional."""
+    (``sparse_vd: 1 of 5 grid points without records``). Until a grid is complete, a point still
+    missing may win the validation choice at any target, so every verdict on that task is provisional."""
     have = seeds_by_row(records)
     grids: dict[tuple[str, str], list[bool]] = {}
     for name, row in rows.items():
@@ -164,7 +164,9 @@ def unfinished_grids(records: RecordSet, rows: dict[str, RecordRow]) -> dict[str
     out: dict[str, list[str]] = {}
     for (task, method), done in grids.items():
         if not all(done):
-            out.setdefault(task, []).append(f"{method}: {sum(done)} of {len(done)} grid points")
+            out.setdefault(task, []).append(
+                f"{method}: {len(done) - sum(done)} of {len(done)} grid points without records"
+            )
     return out
 
 

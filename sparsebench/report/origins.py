@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from sparsebench.report.matched_points import TARGETS
 from sparsebench.report.records import RecordRow, RecordSet
 from sparsebench.report.tables import Table
 
@@ -49,8 +50,25 @@ def origin_text(row: RecordRow) -> str:
     return text
 
 
-def budget_text(row: RecordRow) -> str:
+def is_grid_point(row: RecordRow) -> bool:
+    """A row labelled with several targets is one point of a matched-sparsity grid."""
+    return TARGETS in (row.labels or {})
+
+
+def grid_sizes(rows: list[RecordRow]) -> dict[tuple[str, str], int]:
+    """(task, method) -> how many grid points the spec declares, recorded or not."""
+    sizes: dict[tuple[str, str], int] = {}
+    for row in rows:
+        if is_grid_point(row):
+            sizes[(row.task, row.method)] = sizes.get((row.task, row.method), 0) + 1
+    return sizes
+
+
+def budget_text(row: RecordRow, grid_size: int = 0) -> str:
+    """The row's tuning in words; a grid point says that validation chooses among its grid's points."""
     trials = budget(row)
+    if trials == 0 and grid_size:
+        return f"no sweep; one of {grid_size} grid points, validation picks one per target and seed"
     if trials == 0:
         return "none (no sweep)"
     if trials is None:
@@ -62,13 +80,14 @@ def origins_table(records: RecordSet) -> Table:
     """One line per row with records: how its configuration was chosen and with how many trials."""
     recorded = set(records.data.runs.setting)
     rows = [row for row in records.rows if row.name in recorded]
+    grids = grid_sizes(records.rows)
     display = pd.DataFrame(
         [
             {
                 "row": r.name,
                 "method": f"`{r.method}`",
                 "configuration": origin_text(r),
-                "tuning": budget_text(r),
+                "tuning": budget_text(r, grids.get((r.task, r.method), 0) if is_grid_point(r) else 0),
             }
             for r in rows
         ],
@@ -91,6 +110,25 @@ def origins_table(records: RecordSet) -> Table:
     return Table("origins", title, numbers, display, note(rows), records.campaign)
 
 
+def differences_table(records: RecordSet) -> Table | None:
+    """Rows whose quoted paper number came from a protocol unlike ours, with what differs (the spec's
+    ``paper.differences``); None when no row states any."""
+    lines = [
+        {"row": r.name, "paper (quoted)": str(r.paper.get("citation") or ""), "differences": text}
+        for r in records.rows
+        if r.paper and (text := str(r.paper.get("differences") or "").strip())
+    ]
+    if not lines:
+        return None
+    display = pd.DataFrame(lines, columns=["row", "paper (quoted)", "differences"])
+    note_text = (
+        "What our row does differently from the protocol behind the quoted number, as the campaign spec "
+        "states it (`paper.differences`): a gap between the two numbers is read with these in mind."
+    )
+    title = "Differences from the papers' protocols"
+    return Table("differences", title, display.copy(), display, note_text, records.campaign)
+
+
 def note(rows: list[RecordRow]) -> str:
     """What the table means, and which tasks compare rows tuned with different budgets."""
     text = (
@@ -107,7 +145,13 @@ def note(rows: list[RecordRow]) -> str:
     if uneven:
         text += f" Rows of one task were tuned with different budgets: {'; '.join(uneven)}."
     else:
-        text += " Every row of a task had the same tuning budget."
+        text += " Every row of a task had the same sweep budget."
+    if any(is_grid_point(r) for r in rows):
+        text += (
+            " Grid points (rows read at several targets) are chosen among on validation, per target and "
+            "seed, by the matched-sparsity comparison, where a row trained for one target is the only "
+            "candidate: equal runs per seed, unequal choice (docs/matched-sparsity.md, the search budget)."
+        )
     return text
 
 

@@ -270,8 +270,9 @@ def matched_table(
         rows.append(row)
     display = pd.DataFrame(rows)
     note = (
-        f"Test {metric_name} of each method at the same compression: each seed's points (every setting's "
-        f"final model and threshold curve) are cut to their Pareto front on the validation metric, the test "
+        f"Test {metric_name} of each method at the same compression, over every run of the method whatever "
+        f"its setting: each seed's points (every setting's final model and threshold curve) are cut to "
+        f"their Pareto front on the validation metric, the test "
         f"metric is interpolated along it on a log-compression axis, then mean ± std over seeds (n). Below "
         f"a front's lowest compression its first point counts (a model at least that compressed exists); "
         f"{DASH}: beyond the highest compression any seed reached. **Bold**: lowest mean at that level "

@@ -252,18 +252,37 @@ def test_seed_variation_is_compared_on_the_targets_every_method_shares(tmp_path:
     cv_l0, cv_mag = 0.2 / 1.2, pd.Series([1.5, 1.5, 1.8]).std() / 1.6
     assert reliable == (
         "  - lenet300_100: agrees: seed-to-seed variation of the test error (std / mean, averaged over "
-        f"the 1 target all of them reach with two seeds or more) l0 {100 * cv_l0:.1f} %, "
-        f"magnitude {100 * cv_mag:.1f} %"
+        f"the 1 target all of them reach with two seeds or more; point estimates from few seeds) "
+        f"l0 {100 * cv_l0:.1f} %, magnitude {100 * cv_mag:.1f} %"
     )
+
+
+def test_a_target_where_l0_collapsed_is_named_beside_the_variation(tmp_path: Path) -> None:
+    # L0 at 99.5 %: mean 28.33 % against magnitude's 2.10 %, over twice it: the recipe failed there
+    chosen = pd.DataFrame(
+        [
+            {"task": "lenet300_100", "method": m, "seed": s, "target": t, "test": v}
+            for m, t, values in (
+                ("l0", 0.9, [1.0, 1.2, 1.4]),
+                ("l0", 0.995, [2.0, 80.0, 3.0]),
+                ("magnitude", 0.9, [1.5, 1.5, 1.8]),
+                ("magnitude", 0.995, [2.0, 2.1, 2.2]),
+            )
+            for s, v in enumerate(values)
+        ]
+    )
+    reliable = [line for line in findings(chosen) if line.startswith("  - ")][-1]
+    assert reliable.endswith("; besides, L0's error collapses at 99.5 % (28.33 % vs 2.10 %)")
+    assert "90 % (" not in reliable  # 1.20 % against 1.60 %: no collapse
 
 
 def test_verdicts_are_provisional_while_a_grid_point_lacks_records(tmp_path: Path) -> None:
     # l0-lam8.0 never ran: L0's grid has 2 of 3 points, Sparse VD's is complete
     points = matched_points(load_records(folder(tmp_path, **PUBLISHED_CASE)))
-    assert points.unfinished == {"lenet300_100": ["l0: 2 of 3 grid points"]}
+    assert points.unfinished == {"lenet300_100": ["l0: 1 of 3 grid points without records"]}
     lines = findings(points.chosen, points.unfinished)
     verdicts = [line for line in lines if line.startswith("  - ")]
     assert len(verdicts) == 3 and all(v.startswith("  - lenet300_100: provisional, ") for v in verdicts)
-    assert lines[-1].strip().startswith("Provisional for lenet300_100: ") and "l0: 2 of 3" in lines[-1]
+    assert lines[-1].strip().startswith("Provisional for lenet300_100: ") and "l0: 1 of 3 grid points without records" in lines[-1]
     complete = points.chosen[points.chosen.method != "l0"]
     assert not any("provisional" in line for line in findings(complete, {"lenet5": ["l0: 0 of 4"]}))

@@ -16,7 +16,7 @@ from sparsebench.campaign.spec import campaign_from_dict, load_campaign
 from sparsebench.errors import ConfigError
 from sparsebench.report.build import ReportRequest, make_report
 from sparsebench.report.leaderboard import campaign_tables, leaderboard_block
-from sparsebench.report.origins import origins_table
+from sparsebench.report.origins import differences_table, origins_table
 from sparsebench.report.records import load_records
 from sparsebench.report.select import Selection
 from sparsebench.report.targets import targets_table, verdict_text, verdicts
@@ -233,3 +233,20 @@ def test_a_mean_that_two_decimals_would_print_as_its_target_gets_three(tmp_path:
     table = targets_table(load_records(write_records_folder(tmp_path / "c", rows, cells)))
     assert table.display.loc[0, "ours (mean)"] == "1.923 %"
     assert table.display.loc[0, "verdict"] == "not met: +0.003 points error"
+
+
+def test_rows_that_state_how_they_differ_from_their_paper_get_a_table(tmp_path: Path) -> None:
+    paper = {"error": 1.4, "citation": "L0 Table 1", "differences": "no parameter average"}
+    rows = [
+        {"name": "l0", "task": "lenet300_100", "method": "l0", "paper": paper},
+        {"name": "quiet", "task": "lenet300_100", "method": "l0", "paper": {"error": 1.8, "citation": "x"}},
+    ]
+    folder = write_records_folder(tmp_path / "d", rows, [FakeCell("l0", 0, 1.7)])
+    table = differences_table(load_records(folder))
+    assert table is not None
+    assert table.display.to_dict("records") == [
+        {"row": "l0", "paper (quoted)": "L0 Table 1", "differences": "no parameter average"}
+    ]
+    assert "differences" in [t.name for t in campaign_tables(load_records(folder))]
+    quiet = write_records_folder(tmp_path / "e", rows[1:], [FakeCell("quiet", 0, 1.7)])
+    assert differences_table(load_records(quiet)) is None
