@@ -283,6 +283,7 @@ def test_verdicts_are_provisional_while_a_grid_point_lacks_records(tmp_path: Pat
     lines = findings(points.chosen, points.unfinished)
     verdicts = [line for line in lines if line.startswith("  - ")]
     assert len(verdicts) == 3 and all(v.startswith("  - lenet300_100: provisional, ") for v in verdicts)
-    assert lines[-1].strip().startswith("Provisional for lenet300_100: ") and "l0: 1 of 3 grid points without records" in lines[-1]
+    assert lines[-1].strip().startswith("Provisional for lenet300_100: ")
+    assert "l0: 1 of 3 grid points without records" in lines[-1]
     complete = points.chosen[points.chosen.method != "l0"]
     assert not any("provisional" in line for line in findings(complete, {"lenet5": ["l0: 0 of 4"]}))
