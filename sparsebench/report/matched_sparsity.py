@@ -21,7 +21,7 @@ from sparsebench.report.aggregate import group_stats
 from sparsebench.report.analyses import AnalysisOutput
 from sparsebench.report.document import Block, heading
 from sparsebench.report.formatting import DASH, fmt_x
-from sparsebench.report.matched_findings import findings
+from sparsebench.report.matched_findings import findings, matched_tests_table
 from sparsebench.report.matched_points import MatchedPoints, matched_points, pct
 from sparsebench.report.records import RecordSet
 from sparsebench.report.tables import Table
@@ -73,9 +73,12 @@ def section(records: RecordSet, out: Path) -> AnalysisOutput:
         blocks.append(Block("figure", f"figures/{FIGURE_NAME}", caption=CAPTION))
     blocks += [heading(3, table.title), Block("table", table=table), Block("note", table.note)]
     blocks.append(Block("p", "\n".join(findings(points.chosen, points.unfinished))))
+    tests = matched_tests_table(points.chosen)
+    if tests is not None:
+        blocks += [heading(3, tests.title), Block("table", table=tests), Block("note", tests.note)]
     if points.gaps:
         blocks.append(Block("note", gap_text(points)))
-    return AnalysisOutput(blocks, [table], files)
+    return AnalysisOutput(blocks, [table] + ([tests] if tests is not None else []), files)
 
 
 NOTE = (

@@ -18,7 +18,7 @@ from scipy import stats
 from sparsebench.campaign.cells import Cell, record_path
 from sparsebench.report.build import ReportRequest, make_report
 from sparsebench.report.leaderboard import leaderboard_table
-from sparsebench.report.matched_findings import findings
+from sparsebench.report.matched_findings import findings, matched_tests_table
 from sparsebench.report.matched_points import matched_points
 from sparsebench.report.matched_sparsity import section
 from sparsebench.report.records import load_records
@@ -235,11 +235,16 @@ def test_the_leaderboard_marks_grid_rows_and_says_they_are_read_at_the_top_targe
     assert "†" not in leaderboard_table(load_records(plain)).note
 
 
+def on_target(target: float) -> dict[str, float]:
+    """The measured sparsity and weight count of a model exported exactly at ``target``."""
+    return {"sparsity": target, "weights": WEIGHTS}
+
+
 def chosen_points(*points: tuple[str, float, list[float]]) -> pd.DataFrame:
     """A ``chosen`` frame on lenet300_100 from (method, target, one test error per seed)."""
     return pd.DataFrame(
         [
-            {"task": "lenet300_100", "method": m, "seed": s, "target": t, "test": v}
+            {"task": "lenet300_100", "method": m, "seed": s, "target": t, "test": v, **on_target(t)}
             for m, t, values in points
             for s, v in enumerate(values)
         ]
@@ -260,7 +265,7 @@ def test_seed_variation_is_compared_on_the_targets_every_method_shares(tmp_path:
     cv_l0, cv_mag = 0.2 / 1.2, pd.Series([1.5, 1.5, 1.8]).std() / 1.6
     assert reliable == (
         "  - lenet300_100: agrees: seed-to-seed variation of the test error (std / mean, averaged over "
-        f"the 1 target all of them reach with two seeds or more; point estimates from few seeds) "
+        f"the 1 target all of them reach with two seeds or more, on target; point estimates from few seeds) "
         f"l0 {100 * cv_l0:.1f} %, magnitude {100 * cv_mag:.1f} %"
     )
 
@@ -284,3 +289,47 @@ def test_verdicts_are_provisional_while_a_grid_point_lacks_records(tmp_path: Pat
     assert "l0: 1 of 3 grid points without records" in lines[-1]
     complete = points.chosen[points.chosen.method != "l0"]
     assert not any("provisional" in line for line in findings(complete, {"lenet5": ["l0: 0 of 4"]}))
+
+
+def test_a_model_read_above_its_target_is_left_out_of_the_variation(tmp_path: Path) -> None:
+    # L0's 99.5 % target now has two seeds; at 90 % one seed's model sits at 95 %, read at its own
+    # sparsity: that target is no matched point, so only 99.5 % is compared
+    chosen = chosen_points(
+        ("l0", 0.9, [1.0, 1.2, 1.4]),
+        ("l0", 0.995, [2.0, 2.2]),
+        ("magnitude", 0.9, [1.5, 1.5, 1.8]),
+        ("magnitude", 0.995, [2.0, 2.1]),
+    )
+    chosen.loc[(chosen.method == "l0") & (chosen.target == 0.9) & (chosen.seed == 1), "sparsity"] = 0.95
+    reliable = [line for line in findings(chosen) if line.startswith("  - ")][-1]
+    cv_l0, cv_mag = pd.Series([2.0, 2.2]).std() / 2.1, pd.Series([2.0, 2.1]).std() / 2.05
+    assert "averaged over the 1 target all of them reach" in reliable
+    assert f"l0 {100 * cv_l0:.1f} %, magnitude {100 * cv_mag:.1f} %" in reliable
+
+
+def test_targets_where_l0_is_significantly_worse_are_named_and_their_tests_tabled() -> None:
+    l0, magnitude = [2.0, 2.3, 2.5], [1.5, 1.6, 1.9]
+    chosen = chosen_points(("l0", 0.99, l0), ("magnitude", 0.99, magnitude), ("l0", 0.9, [1.6, 1.6, 1.9]))
+    chosen = pd.concat([chosen, chosen_points(("magnitude", 0.9, [1.5, 1.7, 1.7]))])
+    p = stats.ttest_rel(l0, magnitude).pvalue
+    assert p < 0.05
+    reliable = [line for line in findings(chosen) if line.startswith("  - ")][-1]
+    assert reliable.endswith(f"; L0 is significantly worse than the lowest mean at 99 % (p = {p:.2g})")
+    table = matched_tests_table(chosen)
+    assert table is not None and table.name == "matched_sparsity_tests"
+    at_99 = table.numbers[table.numbers.target == 0.99].set_index("method")
+    assert at_99.loc["l0", "p_vs_best"] == pytest.approx(p) and bool(at_99.loc["magnitude", "best"])
+    shown = table.display.set_index(["target", "method"])
+    assert shown.loc[("99 %", "l0"), "against the lowest mean"] == "significantly worse"
+    assert shown.loc[("90 %", "l0"), "against the lowest mean"] == "not significantly worse"
+    assert shown.loc[("99 %", "magnitude"), "p"] == "—"
+
+
+def test_magnitude_never_lowest_but_never_worse_reads_consistent_and_says_so() -> None:
+    chosen = chosen_points(("magnitude", 0.9, [1.7, 1.6, 1.9]), ("sparse_vd", 0.9, [1.5, 1.6, 1.6]))
+    moderate = [line for line in findings(chosen) if line.startswith("  - ")][0]
+    p = stats.ttest_rel([1.7, 1.6, 1.9], [1.5, 1.6, 1.6]).pvalue
+    assert p >= 0.05
+    assert moderate.startswith(
+        "  - lenet300_100: consistent (never shown worse, though never the lowest mean)"
+    )
