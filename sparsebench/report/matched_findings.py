@@ -63,9 +63,9 @@ TESTS_NOTE = (
 STANDING_WORDS = {"worse": "significantly worse", "n.s.": "not significantly worse", "": "untested"}
 
 
-def matched_tests_table(chosen: pd.DataFrame) -> Table | None:
-    """The paired tests every verdict quotes, as a table of their own so that each p can be traced."""
-    table = judged(chosen)
+def matched_tests_table(table: pd.DataFrame) -> Table | None:
+    """The paired tests every verdict quotes (``judged``'s table, the one ``findings`` was given), as a
+    table of their own so that each p can be traced."""
     if table.empty:
         return None
     numbers = table[["task", "level", "method", "n", "test_metric_mean", "best", "vs_best", "p_vs_best"]]
@@ -234,14 +234,16 @@ def collapses(chosen: pd.DataFrame, task: str) -> str:
     return f"; besides, L0's error collapses at {where}"
 
 
-def findings(chosen: pd.DataFrame, unfinished: dict[str, list[str]] | None = None) -> list[str]:
+def findings(
+    chosen: pd.DataFrame, unfinished: dict[str, list[str]] | None = None, table: pd.DataFrame | None = None
+) -> list[str]:
     """Markdown lines: each published finding, then the verdict of every task's records; a task with
     an unfinished grid (``MatchedPoints.unfinished``) gets its verdicts marked provisional."""
     if chosen.empty:
         return []
     tasks = sorted(chosen.task.unique())
     unfinished = {t: m for t, m in (unfinished or {}).items() if t in tasks and m}
-    table = judged(chosen)
+    table = judged(chosen) if table is None else table
     lines = [f"Published findings ({CITATION}) beside what our records say:"]
     rules = (magnitude_moderate, sparse_vd_highest, lambda t, task: l0_reliability(chosen, t, task))
     for claim, rule in zip(PUBLISHED, rules, strict=True):

@@ -21,7 +21,7 @@ from sparsebench.report.aggregate import group_stats
 from sparsebench.report.analyses import AnalysisOutput
 from sparsebench.report.document import Block, heading
 from sparsebench.report.formatting import DASH, fmt_x
-from sparsebench.report.matched_findings import findings, matched_tests_table
+from sparsebench.report.matched_findings import findings, judged, matched_tests_table
 from sparsebench.report.matched_points import MatchedPoints, matched_points, pct
 from sparsebench.report.records import RecordSet
 from sparsebench.report.tables import Table
@@ -72,8 +72,9 @@ def section(records: RecordSet, out: Path) -> AnalysisOutput:
         files.append(save(figure, out, FIGURE_NAME))
         blocks.append(Block("figure", f"figures/{FIGURE_NAME}", caption=CAPTION))
     blocks += [heading(3, table.title), Block("table", table=table), Block("note", table.note)]
-    blocks.append(Block("p", "\n".join(findings(points.chosen, points.unfinished))))
-    tests = matched_tests_table(points.chosen)
+    verdicts = judged(points.chosen)  # one set of paired tests for the findings and their table
+    blocks.append(Block("p", "\n".join(findings(points.chosen, points.unfinished, verdicts))))
+    tests = matched_tests_table(verdicts)
     if tests is not None:
         blocks += [heading(3, tests.title), Block("table", table=tests), Block("note", tests.note)]
     if points.gaps:

@@ -18,7 +18,7 @@ from scipy import stats
 from sparsebench.campaign.cells import Cell, record_path
 from sparsebench.report.build import ReportRequest, make_report
 from sparsebench.report.leaderboard import leaderboard_table
-from sparsebench.report.matched_findings import findings, matched_tests_table
+from sparsebench.report.matched_findings import findings, judged, matched_tests_table
 from sparsebench.report.matched_points import matched_points
 from sparsebench.report.matched_sparsity import section
 from sparsebench.report.records import load_records
@@ -315,7 +315,7 @@ def test_targets_where_l0_is_significantly_worse_are_named_and_their_tests_table
     assert p < 0.05
     reliable = [line for line in findings(chosen) if line.startswith("  - ")][-1]
     assert reliable.endswith(f"; L0 is significantly worse than the lowest mean at 99 % (p = {p:.2g})")
-    table = matched_tests_table(chosen)
+    table = matched_tests_table(judged(chosen))
     assert table is not None and table.name == "matched_sparsity_tests"
     at_99 = table.numbers[table.numbers.target == 0.99].set_index("method")
     assert at_99.loc["l0", "p_vs_best"] == pytest.approx(p) and bool(at_99.loc["magnitude", "best"])
